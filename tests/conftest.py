@@ -1,0 +1,18 @@
+"""Test-wide settings: nothing may reach the network, ever."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    """The embedded demo model, loaded once through the same code a user's checkpoint goes through."""
+    from trainer.models import load_model
+
+    return load_model("demo", "models/Stable-diffusion", "cpu")

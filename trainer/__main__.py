@@ -1,0 +1,225 @@
+"""Headless commands: the same engine functions and config objects the browser UI uses.
+
+    python -m trainer create-embedding --name N [--init-text T] [--vectors K] [--overwrite]
+    python -m trainer train-embedding --name N --dataset DIR [...]
+    python -m trainer list-embeddings [--json]
+    python -m trainer txt2img --prompt P [...]
+
+Errors are one line on stderr and exit code 2; Ctrl-C during training interrupts and saves (exit code 130).
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+from .errors import UserError  # noqa: E402
+
+
+def add_common(parser, embeddings=True):
+    parser.add_argument("--model", default="demo", help='checkpoint: "demo", a name in --ckpt-dir, or a path')
+    parser.add_argument("--ckpt-dir", default="models/Stable-diffusion")
+    parser.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
+    if embeddings:
+        parser.add_argument("--embeddings-dir", default="embeddings")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description="Textual inversion, headless.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("create-embedding", help="create an empty embedding from initialization text")
+    p.add_argument("--name", required=True)
+    p.add_argument("--init-text", default="*")
+    p.add_argument("--vectors", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true")
+    add_common(p)
+
+    p = commands.add_parser("train-embedding", help="train an embedding on a folder of images",
+                            argument_default=argparse.SUPPRESS)  # unset flags fall back to --settings, then defaults
+    p.add_argument("--name", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--settings", help="a settings-*.json written by an earlier run; flags given here win")
+    p.add_argument("--log-dir", help="default: textual_inversion")
+    p.add_argument("--template", help="file in --templates-dir (default: style_filewords.txt) or a path")
+    p.add_argument("--templates-dir", "--textual-inversion-templates-dir", dest="templates_dir",
+                   default="textual_inversion_templates")
+    p.add_argument("--learn-rate", help='rate or schedule like "0.005" (default) or "0.05:100, 0.005"')
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--no-resize", action="store_true")
+    p.add_argument("--steps", type=int, help="max steps (default 100000)")
+    p.add_argument("--save-every", type=int, help="save a copy every N steps, 0 = off (default 500)")
+    p.add_argument("--preview-every", type=int, help="save a preview every N steps, 0 = off (default 500)")
+    p.add_argument("--alpha-weight", action="store_true")
+    p.add_argument("--png-embedding", action=argparse.BooleanOptionalAction)
+    p.add_argument("--shuffle-tags", action="store_true")
+    p.add_argument("--tag-dropout", type=float)
+    p.add_argument("--latent-sampling", choices=["once", "deterministic", "random"])
+    p.add_argument("--clip-grad-mode", choices=["disabled", "value", "norm"])
+    p.add_argument("--clip-grad-value")
+    p.add_argument("--no-optimizer-state", action="store_true", help="do not save/restore the .optim file")
+    p.add_argument("--preview-prompt", help="preview prompt (default: the batch's first caption)")
+    p.add_argument("--preview-negative-prompt")
+    p.add_argument("--preview-sampler")
+    p.add_argument("--preview-steps", type=int)
+    p.add_argument("--preview-cfg-scale", type=float)
+    p.add_argument("--preview-seed", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--quiet", action="store_true", default=False)
+    add_common(p)
+
+    p = commands.add_parser("list-embeddings", help="list the embeddings the model can use, and the skipped ones")
+    p.add_argument("--json", action="store_true")
+    add_common(p)
+
+    p = commands.add_parser("txt2img", help="generate an image")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--sampler", default="Euler a")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg-scale", type=float, default=7.0)
+    p.add_argument("--seed", type=int, default=-1)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--batch-count", type=int, default=1)
+    p.add_argument("--out", default="outputs/txt2img.png")
+    p.add_argument("--hypernetwork-dir", default="models/hypernetworks")
+    add_common(p)
+    return parser
+
+
+def make_workspace(args):
+    from pathlib import Path
+
+    from .workspace import Folders, Workspace
+
+    folders = Folders(ckpt_dir=Path(args.ckpt_dir), embeddings_dir=Path(getattr(args, "embeddings_dir", "embeddings")))
+    workspace = Workspace(folders, args.device)
+    workspace.load_model(args.model)
+    return workspace
+
+
+def cmd_create_embedding(args):
+    from .embeddings import create_embedding
+
+    ws = make_workspace(args)
+    model = ws.model
+    path = create_embedding(model.tokenizer, model.text_encoder, args.name, init_text=args.init_text,
+                            num_vectors=args.vectors, overwrite=args.overwrite,
+                            embeddings_dir=ws.folders.embeddings_dir, checkpoint_hash=model.checkpoint_hash,
+                            checkpoint_name=model.name)
+    print(f"Created: {path}")
+    return 0
+
+
+CONFIG_FIELDS = ("name", "dataset", "log_dir", "template", "learn_rate", "batch_size", "grad_accum", "width",
+                 "height", "no_resize", "steps", "save_every", "preview_every", "alpha_weight", "png_embedding",
+                 "shuffle_tags", "tag_dropout", "latent_sampling", "clip_grad_mode", "clip_grad_value", "seed")
+
+
+def train_config_from_args(args):
+    """Defaults, overridden by --settings, overridden by the flags actually given."""
+    from .train_config import PreviewSettings, TrainConfig
+
+    values = TrainConfig.load(args.settings).to_json() if getattr(args, "settings", None) else {}
+    given = vars(args)
+    values.update({key: given[key] for key in CONFIG_FIELDS if key in given})
+    values["model"] = args.model
+    if "no_optimizer_state" in given:
+        values["save_optimizer_state"] = False
+    preview = {key[len("preview_"):]: value for key, value in given.items()
+               if key.startswith("preview_") and key != "preview_every"}
+    if preview:
+        values["preview"] = PreviewSettings(**{**vars(PreviewSettings()), **preview})
+    return TrainConfig.from_json(values)
+
+
+def cmd_train_embedding(args):
+    from .cli_progress import ConsoleProgress
+    from .textual_inversion import make_accelerator, train_embedding
+    from .workspace import best_device
+
+    cfg = train_config_from_args(args)
+    cfg.validate()
+    accelerator = make_accelerator(args.device or best_device(), cfg.grad_accum)
+    args.device = str(accelerator.device)
+    ws = make_workspace(args)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    progress = ConsoleProgress(enabled=not args.quiet and accelerator.is_main_process)
+    result = train_embedding(ws.model, cfg, ws.folders.embeddings_dir, args.templates_dir,
+                             other_embeddings=ws.embedding_vectors(), progress=progress,
+                             should_stop=stop.is_set, accelerator=accelerator)
+    if accelerator.is_main_process:
+        for warning in result.warnings:
+            print(f"Warning: {warning}", file=sys.stderr)
+        print(result.message)
+    return {"finished": 0, "interrupted": 130}.get(result.status, 1)
+
+
+def cmd_list_embeddings(args):
+    from .embeddings import to_api_json
+
+    ws = make_workspace(args)
+    loaded, skipped = ws.embeddings()
+    if args.json:
+        print(json.dumps(to_api_json(loaded, skipped), indent=2))
+        return 0
+    print(f"Loaded {len(loaded)} textual inversion embeddings for {ws.model.name} (width {ws.model.text_width}):")
+    for name, e in sorted(loaded.items()):
+        print(f"  {name}: {e.num_vectors} vectors, step {e.step}, {e.filename}")
+    if skipped:
+        print(f"Skipped {len(skipped)}:")
+        for name, (_, reason) in sorted(skipped.items()):
+            print(f"  {name}: {reason}")
+    return 0
+
+
+def cmd_txt2img(args):
+    from pathlib import Path
+
+    from .sampling import Txt2ImgParams, save_png_with_infotext, txt2img
+
+    ws = make_workspace(args)
+    params = Txt2ImgParams(args.prompt, args.negative_prompt, args.sampler, args.steps, args.cfg_scale, args.seed,
+                           args.width, args.height, args.batch_count)
+    results = txt2img(ws.model, params, ws.embedding_vectors())
+    out = Path(args.out)
+    for i, (image, infotext, seed) in enumerate(results):
+        path = out if len(results) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+        save_png_with_infotext(image, infotext, path)
+        print(f"{path}\n{infotext}")
+    return 0
+
+
+COMMANDS = {
+    "create-embedding": cmd_create_embedding,
+    "train-embedding": cmd_train_embedding,
+    "list-embeddings": cmd_list_embeddings,
+    "txt2img": cmd_txt2img,
+}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Engine events -> a tqdm bar and plain lines on stderr, for the headless commands."""
+import sys
+
+from tqdm import tqdm
+
+
+class ConsoleProgress:
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, event: dict):
+        if not self.enabled:
+            return
+        kind = event.get("type")
+        if kind == "start":
+            self.bar = tqdm(total=event["max_steps"], initial=event.get("step", 0), unit="step", file=sys.stderr,
+                            dynamic_ncols=True)
+        elif kind == "step" and self.bar is not None:
+            self.bar.update(event["step"] - self.bar.n)
+            self.bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2g}")
+        elif kind in ("message", "saved", "preview"):
+            text = event.get("text") or "saved " + ", ".join(event.get("files", [event.get("path", "")]))
+            (self.bar.write if self.bar is not None else lambda t: print(t, file=sys.stderr))(text)
+        elif kind == "end" and self.bar is not None:
+            self.bar.close()
+            self.bar = None

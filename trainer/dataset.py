@@ -1,0 +1,219 @@
+"""Training data: images + captions + a prompt template -> batches of cached latents and fresh prompts.
+
+Every image is VAE-encoded once, when the dataset is built (the expensive part of a step on a small GPU and
+the whole cost on a CPU); the loop then only draws batches from the cache.
+"""
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+LEADING_NUMBERS = re.compile(r"^[-\d]+\s*")
+LATENT_SAMPLING = ("once", "deterministic", "random")
+
+
+@dataclass
+class Sample:
+    path: Path
+    filewords: str
+    latent: torch.Tensor  # [4, h, w]: the kept sample ("once"), or the posterior mean
+    latent_std: torch.Tensor | None = None  # kept only for "random": re-sampled every time
+    weight: torch.Tensor | None = None  # [4, h, w] loss weight from the PNG alpha channel
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor  # [B, 4, h, w]
+    weights: torch.Tensor | None
+    filewords: list
+    paths: list
+
+
+@dataclass
+class DatasetReport:
+    images: int = 0
+    skipped: list = field(default_factory=list)  # [(file name, reason)]
+    buckets: dict = field(default_factory=dict)  # (width, height) -> count
+
+
+def read_template(path: Path) -> list:
+    try:
+        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"Cannot read prompt template {path}: {e.strerror or e}.") from None
+    lines = [line for line in lines if line]
+    if not lines:
+        raise UserError(f"Prompt template {path} is empty.")
+    return lines
+
+
+def filewords_for(image_path: Path, word_regex: str = "", join_string: str = " ") -> str:
+    """The caption of an image: `<stem>.txt` beside it, else the file name without its leading numbers."""
+    caption_file = image_path.with_suffix(".txt")
+    if caption_file.is_file():
+        text = caption_file.read_text(encoding="utf-8", errors="replace").strip()
+    else:
+        text = LEADING_NUMBERS.sub("", image_path.stem)
+    if word_regex:
+        text = join_string.join(re.findall(word_regex, text))
+    return text
+
+
+def build_prompt(template_lines: list, name: str, filewords: str, rng: random.Random,
+                 shuffle_tags: bool = False, tag_dropout: float = 0.0) -> str:
+    """A template line picked afresh, `[filewords]` (shuffled / dropped out by tags) and `[name]` filled in."""
+    line = rng.choice(template_lines)
+    tags = filewords.split(",")
+    if tag_dropout > 0:
+        tags = [tag for tag in tags if rng.random() > tag_dropout]
+    if shuffle_tags:
+        rng.shuffle(tags)
+    return line.replace("[filewords]", ",".join(tags)).replace("[name]", name)
+
+
+def list_images(folder: Path) -> list:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"Dataset directory {folder} does not exist or is not a folder.")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open with EXIF rotation applied; RGBA when the image has transparency, RGB otherwise."""
+    with Image.open(path) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if image.mode == "I;16" or image.mode == "I":
+        image = Image.fromarray((np.asarray(image, dtype=np.float32) / 257).clip(0, 255).astype(np.uint8))
+    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+def fit_image(image: Image.Image, width: int, height: int, resize: bool) -> Image.Image:
+    if resize:
+        return image.resize((width, height), Image.BICUBIC)
+    # Keep the size, but the VAE needs multiples of 8: trim the odd edge pixels.
+    w, h = image.size
+    w8, h8 = max(8, w - w % 8), max(8, h - h % 8)
+    return image.crop((0, 0, w8, h8)) if (w8, h8) != (w, h) else image
+
+
+def alpha_weight(image: Image.Image, latent_shape) -> torch.Tensor | None:
+    """The alpha channel on the latent grid, shifted to min 0 and scaled to mean 1 (None without alpha)."""
+    if image.mode != "RGBA":
+        return None
+    channels, h, w = latent_shape
+    alpha = np.asarray(image.getchannel("A").resize((w, h), Image.BILINEAR), dtype=np.float32)
+    weight = torch.from_numpy(alpha).expand(channels, h, w).clone()
+    weight -= weight.min()
+    mean = weight.mean()
+    return weight / mean if mean > 0 else torch.ones_like(weight)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+class TextualInversionDataset:
+    """Cached latents and captions of one dataset folder, drawn in shuffled batches (one size per batch)."""
+
+    def __init__(self, model, folder, width=512, height=512, resize=True, latent_sampling="once",
+                 use_alpha_weight=False, word_regex="", join_string=" ", seed=0, encode_batch=4,
+                 progress=None, should_stop=None):
+        if latent_sampling not in LATENT_SAMPLING:
+            raise UserError(f"Latent sampling method must be one of {', '.join(LATENT_SAMPLING)}, not {latent_sampling!r}.")
+        if resize and (width % 8 or height % 8 or not 64 <= width <= 2048 or not 64 <= height <= 2048):
+            raise UserError(f"Width and height must be multiples of 8 between 64 and 2048, not {width}x{height}.")
+        self.model = model
+        self.latent_sampling = latent_sampling
+        self.report = DatasetReport()
+        self.samples = []
+        generator = torch.Generator().manual_seed(seed)
+        pending = []  # images of one size waiting for a VAE batch
+        paths = list_images(folder)
+        for i, path in enumerate(paths):
+            if should_stop and should_stop():
+                break
+            try:
+                image = fit_image(open_image(path), width, height, resize)
+            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+                self.report.skipped.append((path.name, f"cannot be read as an image ({e.__class__.__name__})"))
+                continue
+            pending.append((path, image, filewords_for(path, word_regex, join_string)))
+            if len(pending) >= encode_batch:
+                self._encode(pending, use_alpha_weight, generator)
+                pending = []
+            if progress:
+                progress({"type": "dataset", "done": i + 1, "total": len(paths)})
+        self._encode(pending, use_alpha_weight, generator)
+        if not self.samples:
+            reason = f" ({len(self.report.skipped)} unreadable files)" if self.report.skipped else ""
+            raise UserError(f"Dataset directory {folder} has no images to train on{reason}.")
+        self.report.images = len(self.samples)
+        self.buckets = {}
+        for index, sample in enumerate(self.samples):
+            self.buckets.setdefault(tuple(sample.latent.shape[1:]), []).append(index)
+        vsf = model.vae_scale_factor
+        self.report.buckets = {(w * vsf, h * vsf): len(v) for (h, w), v in self.buckets.items()}
+
+    @torch.no_grad()
+    def _encode(self, items, use_alpha_weight, generator):
+        by_size = {}
+        for item in items:
+            by_size.setdefault(item[1].size, []).append(item)
+        vae = self.model.vae
+        for group in by_size.values():
+            pixels = torch.stack([to_tensor(image) for _, image, _ in group])
+            pixels = pixels.to(self.model.device, dtype=next(vae.parameters()).dtype)
+            dist = vae.encode(pixels).latent_dist
+            mean = dist.mean.float().cpu() * self.model.latent_scale
+            std = dist.std.float().cpu() * self.model.latent_scale
+            for j, (path, image, words) in enumerate(group):
+                sample = Sample(path, words, mean[j].clone())
+                if self.latent_sampling == "once":
+                    noise = torch.randn(mean[j].shape, generator=generator)
+                    sample.latent = mean[j] + std[j] * noise
+                elif self.latent_sampling == "random":
+                    sample.latent_std = std[j].clone()
+                if use_alpha_weight:
+                    sample.weight = alpha_weight(image, sample.latent.shape)
+                self.samples.append(sample)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        return sum(max(1, math.ceil(len(v) / batch_size)) for v in self.buckets.values())
+
+    def epoch(self, batch_size: int, rng: random.Random, generator: torch.Generator, rank=0, world_size=1):
+        """One shuffled pass: batches of `batch_size` from one bucket at a time (the last of a bucket may be
+        smaller). With several processes, process `rank` takes every `world_size`-th batch."""
+        order = []
+        for indices in self.buckets.values():
+            indices = indices[:]
+            rng.shuffle(indices)
+            order += [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+        rng.shuffle(order)
+        for group in order[rank::world_size]:
+            yield self._collate([self.samples[i] for i in group], generator)
+
+    def _collate(self, samples, generator) -> Batch:
+        latents = []
+        for s in samples:
+            if s.latent_std is not None:
+                latents.append(s.latent + s.latent_std * torch.randn(s.latent.shape, generator=generator))
+            else:
+                latents.append(s.latent)
+        weights = None
+        if any(s.weight is not None for s in samples):
+            weights = torch.stack([s.weight if s.weight is not None else torch.ones_like(s.latent) for s in samples])
+        return Batch(torch.stack(latents), weights, [s.filewords for s in samples], [s.path for s in samples])

@@ -1,0 +1,126 @@
+"""One background job at a time (training or preprocessing), its interrupt flag and what it reported.
+
+The engine reports through `progress(event)`; the job keeps what a page needs to redraw itself at any
+moment (so a reloaded page re-attaches): loss history, previews, the latest numbers, messages, the result.
+"""
+import itertools
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from .errors import UserError
+
+MAX_PREVIEWS = 64
+
+
+@dataclass
+class Job:
+    id: int
+    kind: str  # "train-embedding", "preprocess", ...
+    title: str
+    started: float = field(default_factory=time.time)
+    state: str = "running"  # running | finished | interrupted | failed | nan
+    stop: threading.Event = field(default_factory=threading.Event)
+    losses: list = field(default_factory=list)  # [(step, loss)]
+    previews: list = field(default_factory=list)  # [(PIL image, caption)], oldest first
+    latest: dict = field(default_factory=dict)  # the last "step"/"progress" event
+    messages: list = field(default_factory=list)
+    saved_files: list = field(default_factory=list)
+    last_prompt: str = ""
+    preview_prompt: str = ""
+    result: object = None
+    message: str = ""
+    error: str = ""
+    finished_at: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def report(self, event: dict):
+        """The engine's progress callback."""
+        kind = event.get("type")
+        with self.lock:
+            if kind == "step":
+                self.latest = event
+                self.losses.append((event["step"], event["loss"]))
+                self.last_prompt = event.get("prompt", self.last_prompt)
+            elif kind in ("start", "progress", "dataset"):
+                self.latest = {**self.latest, **event}
+            elif kind == "preview":
+                self.previews.append((event["image"], f"step {event['step']}"))
+                del self.previews[:-MAX_PREVIEWS]
+                self.preview_prompt = event.get("prompt", "")
+                self.saved_files = event.get("files", []) + self.saved_files[:8]
+            elif kind == "saved":
+                self.saved_files = [event["path"]] + self.saved_files[:8]
+            elif kind == "message":
+                self.messages.append(event["text"])
+            elif kind == "end":
+                self.message = event.get("message", "")
+
+    def snapshot(self) -> dict:
+        """A consistent copy for a page to draw."""
+        with self.lock:
+            return {
+                "id": self.id, "kind": self.kind, "title": self.title, "state": self.state,
+                "started": self.started, "finished_at": self.finished_at, "losses": list(self.losses),
+                "previews": list(self.previews), "latest": dict(self.latest), "messages": list(self.messages),
+                "saved_files": list(self.saved_files), "last_prompt": self.last_prompt,
+                "preview_prompt": self.preview_prompt, "message": self.message, "error": self.error,
+            }
+
+
+class JobRunner:
+    """Starts jobs in a daemon thread, refuses a second one while one runs, remembers the last one."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self.current: Job | None = None
+
+    def start(self, kind: str, title: str, work) -> Job:
+        """Run `work(job)` in the background; it returns a result with `.status` and `.message` (or raises)."""
+        with self._lock:
+            if self.current is not None and self.current.running:
+                raise UserError(f"Another job is running ({self.current.title}); wait for it or press Interrupt.")
+            job = Job(next(self._ids), kind, title)
+            self.current = job
+        threading.Thread(target=self._run, args=(job, work), name=f"job-{job.id}", daemon=True).start()
+        return job
+
+    def _run(self, job: Job, work):
+        try:
+            result = work(job)
+            job.result = result
+            state = getattr(result, "status", "finished")
+            job.message = getattr(result, "message", "") or job.message
+            if state in ("failed", "nan"):
+                job.error = job.message
+        except UserError as e:
+            state, job.error, job.message = "failed", str(e), str(e)
+        except Exception as e:  # noqa: BLE001 - a job never takes the app down; the page shows what happened
+            traceback.print_exc()
+            state = "failed"
+            job.error = job.message = f"{job.title} failed: {e.__class__.__name__}: {e}"
+        with job.lock:
+            job.state = state
+            job.finished_at = time.time()
+
+    def interrupt(self) -> bool:
+        job = self.current
+        if job is None or not job.running:
+            return False
+        job.stop.set()
+        return True
+
+    def wait(self, timeout=None) -> Job | None:
+        """Block until the current job ends (tests and the CLI)."""
+        deadline = None if timeout is None else time.time() + timeout
+        while self.current is not None and self.current.running:
+            if deadline is not None and time.time() > deadline:
+                break
+            time.sleep(0.05)
+        return self.current

@@ -1,0 +1,54 @@
+"""How a prompt was understood: its AND parts, its schedule over the steps, weighted segments, embeddings.
+
+Plain data for a page to draw (the `ti_parsed_prompt` view and the txt2img tab's parsed view).
+"""
+import re
+
+from .prompt_parser import parse_prompt_attention, prompt_schedule, split_and
+
+MAX_SCHEDULE_ROWS = 8
+
+
+def _embedding_pattern(embeddings: dict):
+    if not embeddings:
+        return None
+    names = sorted(embeddings, key=len, reverse=True)  # the longest name wins
+    return re.compile(r"(?<![\w-])(" + "|".join(re.escape(n) for n in names) + r")(?![\w-])", re.IGNORECASE)
+
+
+def _segments(text: str, pattern, embeddings: dict) -> list:
+    out = []
+    for fragment, weight in parse_prompt_attention(text):
+        if weight == -1:
+            out.append({"text": "BREAK", "weight": None, "kind": "break"})
+            continue
+        pieces = pattern.split(fragment) if pattern else [fragment]
+        for i, piece in enumerate(pieces):
+            if not piece:
+                continue
+            if i % 2:  # a captured embedding name
+                name = next(n for n in embeddings if n.lower() == piece.lower())
+                out.append({"text": piece, "weight": weight, "kind": "embedding", "name": name,
+                            "vectors": embeddings[name]})
+            else:
+                out.append({"text": piece, "weight": weight, "kind": "text"})
+    return out
+
+
+def describe_prompt(prompt: str, steps: int = 20, embeddings: dict | None = None) -> list:
+    """[{"weight": AND weight, "schedule": [{"from": a, "to": b, "segments": [...]}], "truncated": bool}]
+
+    `embeddings` maps names to their vector counts. Schedules with many rows (alternation) are cut to
+    MAX_SCHEDULE_ROWS rows and flagged.
+    """
+    embeddings = embeddings or {}
+    pattern = _embedding_pattern(embeddings)
+    parts = []
+    for text, weight in split_and(prompt):
+        schedule = prompt_schedule(text, steps)
+        rows, start = [], 1
+        for end, sub_text in schedule[:MAX_SCHEDULE_ROWS]:
+            rows.append({"from": start, "to": end, "segments": _segments(sub_text, pattern, embeddings)})
+            start = end + 1
+        parts.append({"weight": weight, "schedule": rows, "truncated": len(schedule) > MAX_SCHEDULE_ROWS})
+    return parts

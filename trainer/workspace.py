@@ -1,0 +1,96 @@
+"""The one owner of state: folders, the loaded model, the embeddings found on disk, the job runner.
+
+`app.py` and the CLI each create one `Workspace` and hand it to whoever needs it; nothing is global.
+"""
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .embeddings import load_embeddings_dir
+from .errors import UserError
+from .job import JobRunner
+from .models import list_checkpoints, load_model
+
+
+def best_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@dataclass
+class Folders:
+    ckpt_dir: Path = Path("models/Stable-diffusion")
+    embeddings_dir: Path = Path("embeddings")
+    hypernetwork_dir: Path = Path("models/hypernetworks")
+    templates_dir: Path = Path("textual_inversion_templates")
+
+
+class Workspace:
+    def __init__(self, folders: Folders | None = None, device: str | None = None):
+        self.folders = folders or Folders()
+        self.device = device or best_device()
+        self.runner = JobRunner()
+        self._model = None
+        self._model_lock = threading.Lock()
+
+    # --- model ---------------------------------------------------------------------------------------------
+    @property
+    def model(self):
+        if self._model is None:
+            self.load_model("demo")
+        return self._model
+
+    @property
+    def model_name(self) -> str:
+        return self._model.name if self._model is not None else ""
+
+    def checkpoints(self) -> list:
+        return list_checkpoints(self.folders.ckpt_dir)
+
+    def load_model(self, spec: str):
+        job = self.runner.current
+        if job is not None and job.running:
+            raise UserError("Cannot switch checkpoints while a job is running; interrupt it first.")
+        with self._model_lock:
+            if self._model is not None and self._model.name == spec:
+                return self._model
+            self._model = None  # free the old one before loading the next
+            self._model = load_model(spec, self.folders.ckpt_dir, self.device)
+            return self._model
+
+    # --- embeddings and templates ------------------------------------------------------------------------
+    def embeddings(self):
+        """(loaded, skipped) from the embeddings folder, read afresh (users drop files in at any time)."""
+        self.folders.embeddings_dir.mkdir(parents=True, exist_ok=True)
+        return load_embeddings_dir(self.folders.embeddings_dir, self.model.text_width)
+
+    def embedding_vectors(self) -> dict:
+        loaded, _ = self.embeddings()
+        return {name: e.vectors for name, e in loaded.items()}
+
+    def templates(self) -> list:
+        folder = self.folders.templates_dir
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.suffix == ".txt")
+
+    # --- jobs -----------------------------------------------------------------------------------------------
+    def start_training(self, cfg):
+        """Start training an embedding in the background job; refused (UserError) while another job runs."""
+        from .textual_inversion import train_embedding
+
+        cfg.validate()
+        model = self.model
+        cfg.model = model.name
+
+        def work(job):
+            return train_embedding(model, cfg, self.folders.embeddings_dir, self.folders.templates_dir,
+                                   other_embeddings=self.embedding_vectors(), progress=job.report,
+                                   should_stop=job.stop.is_set)
+
+        return self.runner.start("train-embedding", f"Training embedding {cfg.name}", work)

@@ -1,0 +1,185 @@
+"""Assemble the page: checkpoint picker, txt2img tab, Train tab (subtabs + shared output column).
+
+Handlers stay a few lines: they build a config object and call the engine (trainer/, preprocess/). Long work
+runs in the workspace's job runner; a gr.Timer polls the job once a second while it runs, and page load
+re-attaches to a running job.
+"""
+import gradio as gr
+
+from trainer.errors import UserError
+from trainer.prompt_view import describe_prompt
+from trainer.train_config import PreviewSettings, TrainConfig
+
+from . import create_embedding_tab, job_view, output_column, train_tab, txt2img_tab
+from .prompt_html import prompt_html
+
+JOB_POLL_SECONDS = 1.0
+
+
+def build_app(ws) -> gr.Blocks:
+    with gr.Blocks(title="Textual inversion trainer") as demo:
+        with gr.Row():
+            checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=ws.checkpoints(),
+                                     value=ws.model_name, elem_id="setting_sd_model_checkpoint", scale=4)
+            refresh_checkpoints = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
+            model_status = gr.Markdown(model_caption(ws), elem_id="model_status")
+        with gr.Tabs():
+            with gr.Tab("txt2img", id="txt2img"):
+                t2i = txt2img_tab.build()
+            with gr.Tab("Train", id="train"):
+                with gr.Row():
+                    with gr.Column():
+                        with gr.Tabs():
+                            with gr.Tab("Create embedding", id="create_embedding"):
+                                ce = create_embedding_tab.build()
+                            with gr.Tab("Train", id="train_embedding"):
+                                tr = train_tab.build(ws)
+                    with gr.Column():
+                        out = output_column.build()
+        timer = gr.Timer(JOB_POLL_SECONDS, active=False)
+        seen = gr.State(None)  # what this page already shows, so unchanged parts are not re-sent
+
+        # --- helpers ------------------------------------------------------------------------------------
+        def embedding_choices(value=None):
+            names = sorted(ws.embeddings()[0])
+            return gr.Dropdown(choices=names, value=value if value in names else None)
+
+        def embedding_counts() -> dict:
+            return {name: e.num_vectors for name, e in ws.embeddings()[0].items()}
+
+        def render(seen_key, steps_hint=20):
+            """Outputs for the current job: (output, error, progress, plot, gallery, parsed, timer, seen)."""
+            job = ws.runner.current
+            snap = job.snapshot() if job else None
+            running = bool(snap and snap["state"] == "running")
+            key = None if snap is None else (snap["id"], snap["state"], len(snap["losses"]),
+                                             len(snap["previews"]), len(snap["messages"]),
+                                             str(snap["latest"].get("done")), snap["preview_prompt"])
+            if key is not None and key == seen_key:
+                return (*[gr.skip()] * 6, gr.Timer(active=running), seen_key)
+            old_previews = (seen_key[0], seen_key[3]) if seen_key else None
+            gallery = (job_view.gallery_items(snap) if snap and old_previews != (snap["id"], len(snap["previews"]))
+                       else gr.skip())
+            parsed = gr.skip()
+            if snap and snap["preview_prompt"] and (not seen_key or seen_key[6] != snap["preview_prompt"]):
+                parsed = prompt_html(describe_prompt(snap["preview_prompt"], steps_hint, embedding_counts()),
+                                     "Last preview prompt")
+            return (job_view.result_text(snap), job_view.error_text(snap), job_view.progress_html(snap),
+                    job_view.loss_frame(snap["losses"]) if snap else gr.skip(), gallery, parsed,
+                    gr.Timer(active=running), key)
+
+        job_outputs = [out.output, out.error, out.progress, out.loss_plot, out.gallery, out.parsed_prompt,
+                       timer, seen]
+
+        # --- checkpoint ---------------------------------------------------------------------------------
+        def switch_checkpoint(spec, progress=gr.Progress()):
+            progress(0, desc=f"Loading {spec}...")
+            try:
+                ws.load_model(spec)
+            except UserError as e:
+                return gr.Dropdown(value=ws.model_name), f"**Error:** {e}", embedding_choices()
+            return gr.Dropdown(value=ws.model_name), model_caption(ws), embedding_choices()
+
+        checkpoint.change(switch_checkpoint, checkpoint, [checkpoint, model_status, tr.embedding])
+        refresh_checkpoints.click(lambda: gr.Dropdown(choices=ws.checkpoints()), None, checkpoint)
+
+        # --- create embedding ---------------------------------------------------------------------------
+        def create_embedding(name, init_text, vectors, overwrite):
+            try:
+                message = create_embedding_tab.create(ws, name, init_text, vectors, overwrite)
+            except UserError as e:
+                return "", str(e), gr.skip()
+            created = message.split("/")[-1].rsplit(".", 1)[0]
+            return message, "", embedding_choices(created)
+
+        ce.button.click(create_embedding, [ce.name, ce.init_text, ce.vectors, ce.overwrite],
+                        [out.output, out.error, tr.embedding])
+
+        # --- train --------------------------------------------------------------------------------------
+        form_components = [component for _, component in tr.form]
+        form_keys = [key for key, _ in tr.form]
+
+        def start_training(*values):
+            form, t2i_values = values[:len(form_keys)], values[len(form_keys):]
+            use_txt2img = t2i_values[0]
+            preview = None
+            if use_txt2img:
+                p = txt2img_tab.params_from_values(*t2i_values[1:])
+                preview = PreviewSettings(p.prompt, p.negative_prompt, p.sampler, int(p.steps), float(p.cfg_scale),
+                                          int(p.seed), int(p.width), int(p.height))
+            try:
+                cfg = train_tab.config_from_form(dict(zip(form_keys, form)), preview)
+                job = ws.start_training(cfg)
+            except UserError as e:
+                return "", str(e), gr.Timer(active=_running(ws))
+            return f"{job.title}...", "", gr.Timer(active=True)
+
+        tr.train.click(start_training, form_components + [tr.use_txt2img] + t2i.params,
+                       [out.output, out.error, timer])
+        tr.interrupt.click(lambda: "Interrupting..." if ws.runner.interrupt() else "Nothing is running.",
+                           None, out.output, queue=False)
+        timer.tick(render, seen, job_outputs, show_progress="hidden")
+        demo.load(lambda: render(None), None, job_outputs)
+        tr.refresh_embeddings.click(lambda v: embedding_choices(v), tr.embedding, tr.embedding)
+        tr.refresh_templates.click(lambda v: gr.Dropdown(choices=ws.templates(), value=v), tr.template,
+                                   tr.template)
+        tr.log_dir.change(lambda d: gr.Dropdown(choices=train_tab.settings_files(d)), tr.log_dir, tr.settings_file)
+        tr.settings_file.focus(lambda d: gr.Dropdown(choices=train_tab.settings_files(d)), tr.log_dir,
+                               tr.settings_file)
+
+        def load_settings(path):
+            try:
+                cfg = TrainConfig.load(path)
+            except UserError as e:
+                return [gr.skip()] * len(form_components) + [str(e)]
+            values = train_tab.form_from_config(cfg, tr.form)
+            values[0] = embedding_choices(cfg.name)
+            return values + [f"Loaded settings from {path}."]
+
+        tr.load_settings.click(load_settings, tr.settings_file, form_components + [out.output])
+
+        # --- txt2img ------------------------------------------------------------------------------------
+        def generate(*values):
+            from trainer.sampling import txt2img
+
+            try:
+                results = txt2img(ws.model, txt2img_tab.params_from_values(*values), ws.embedding_vectors())
+            except UserError as e:
+                return gr.skip(), gr.skip(), f"**Error:** {e}"
+            return [(r.image, f"seed {r.seed}") for r in results], results[0].infotext, ""
+
+        t2i.generate.click(generate, t2i.params, [t2i.gallery, t2i.infotext, t2i.error])
+        t2i.random_seed.click(lambda: -1, None, t2i.seed)
+
+        def prompt_changed(prompt, steps, follow_training):
+            parsed = prompt_html(describe_prompt(prompt or "", int(steps), embedding_counts()))
+            counter = token_counter_html(ws, prompt or "")
+            train_view = parsed if follow_training and not _running(ws) else gr.skip()
+            return parsed, counter, train_view
+
+        for trigger in (t2i.prompt.change, t2i.steps.change, tr.use_txt2img.change):
+            trigger(prompt_changed, [t2i.prompt, t2i.steps, tr.use_txt2img],
+                    [t2i.parsed, t2i.token_counter, out.parsed_prompt], show_progress="hidden")
+    return demo
+
+
+def _running(ws) -> bool:
+    job = ws.runner.current
+    return bool(job and job.running)
+
+
+def model_caption(ws) -> str:
+    model = ws._model
+    if model is None:
+        return "No model loaded."
+    return (f"Loaded **{model.name}** [{model.checkpoint_hash}] on {model.device} "
+            f"(text width {model.text_width}, {model.prediction_type})")
+
+
+def token_counter_html(ws, prompt: str) -> str:
+    from trainer.conditioning import PromptEncoder
+
+    model = ws.model
+    encoder = PromptEncoder(model.tokenizer, model.text_encoder, ws.embedding_vectors())
+    used, limit = encoder.count_tokens(prompt)
+    return f"<span title='tokens used / chunk limit'>{used}/{limit}</span>"

@@ -1,0 +1,27 @@
+"""Train > Create embedding: name, initialization text, vectors per token, overwrite."""
+from types import SimpleNamespace
+
+import gradio as gr
+
+
+def build() -> SimpleNamespace:
+    with gr.Column():
+        name = gr.Textbox(label="Name", elem_id="train_new_embedding_name")
+        init_text = gr.Textbox(label="Initialization text", value="*", elem_id="train_initialization_text")
+        vectors = gr.Slider(label="Number of vectors per token", minimum=1, maximum=75, step=1, value=1,
+                            elem_id="train_nvpt")
+        overwrite = gr.Checkbox(label="Overwrite Old Embedding", value=False, elem_id="train_overwrite_old_embedding")
+        button = gr.Button("Create embedding", variant="primary", elem_id="train_create_embedding")
+    return SimpleNamespace(name=name, init_text=init_text, vectors=vectors, overwrite=overwrite, button=button)
+
+
+def create(ws, name, init_text, vectors, overwrite) -> str:
+    """Create the file; returns the reference's "Created: <path>" message (raises UserError on bad input)."""
+    from trainer.embeddings import create_embedding
+
+    model = ws.model
+    path = create_embedding(model.tokenizer, model.text_encoder, name, init_text=init_text,
+                            num_vectors=int(vectors), overwrite=bool(overwrite),
+                            embeddings_dir=ws.folders.embeddings_dir, checkpoint_hash=model.checkpoint_hash,
+                            checkpoint_name=model.name)
+    return f"Created: {path}"
