@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bar is the only one
 
     stop = {"requested": False}
 

@@ -9,13 +9,13 @@
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from trainer.files import atomic_write, atomic_write_text
 
 WHITE = (255, 255, 255)
 
@@ -117,38 +117,13 @@ def cover_crop(image: Image.Image, width: int, height: int) -> Image.Image:
 
 
 def save_png_atomic(image: Image.Image, path: str | Path) -> Path:
-    """Write `image` as PNG to `path` via a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", compress_level=4)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    return path
+    """Write `image` as PNG to `path` atomically (temporary file in the same folder, then `os.replace`)."""
+    return atomic_write(path, lambda temp: image.save(temp, format="PNG", compress_level=4))
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
-    """Write UTF-8 `text` to `path` via a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".txt.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    return path
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    """Write UTF-8 `text` to `path` atomically."""
+    return atomic_write_text(path, text)
 
 
 def _pixel_count(exc: Exception) -> str:

@@ -115,20 +115,25 @@ def run_preprocess(config: PreprocessConfig, progress: ProgressFn | None = None,
     `should_stop()` is checked before each file (an interrupt lets the current image finish)."""
     config = validate_config(config)
     src, dst = Path(config.src), Path(config.dst)
-    files = list_source_files(src)
-    result = PreprocessResult(destination=dst, total=len(files))
     try:
-        dst.mkdir(parents=True, exist_ok=True)
+        files = list_source_files(src)
     except OSError as exc:
-        raise UserError(f"The destination directory {dst} could not be created ({exc.strerror or exc}).") from None
-
+        raise UserError(f"The source directory {src} could not be read ({exc.strerror or exc}).") from None
+    result = PreprocessResult(destination=dst, total=len(files))
     faces = None
     if config.focal_crop and config.face_weight > 0:
         faces = FaceFinder(_yunet_path(config))
     captioner = None
-    if config.caption == "blip":
+    if config.caption == "blip":  # loaded before anything is written: a missing model changes nothing
         captioner = BlipCaptioner(config.blip_model, beams=config.beams, min_length=config.min_length,
                                   max_length=config.max_length, device=config.device)
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if captioner is not None:
+            captioner.close()
+        raise UserError(f"The destination directory {dst} could not be created ({exc.strerror or exc}).") from None
+
     if progress:
         progress(dict(done=0, total=len(files), message="Preprocessing..."))
     try:

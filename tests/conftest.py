@@ -16,3 +16,14 @@ def demo_model():
     from trainer.models import load_model
 
     return load_model("demo", "models/Stable-diffusion", "cpu")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models run faster on one thread than on two busy ones (and CI has two cores)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

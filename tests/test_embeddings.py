@@ -461,6 +461,7 @@ def test_create_refuses_to_overwrite_unless_asked(tmp_path, tokenizer, text_enco
 # --------------------------------------------------------------------------------------- the folder
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note about the corrupt file
 def test_load_dir_loaded_skipped_and_ignored(tmp_path, tokenizer, text_encoder):
     root = tmp_path / "embeddings"
     (root / "sub" / "deeper").mkdir(parents=True)

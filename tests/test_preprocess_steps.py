@@ -1,7 +1,6 @@
 """The per-image steps on their own: split, auto-sized crop, focal point."""
 import math
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image

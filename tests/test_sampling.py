@@ -35,6 +35,15 @@ from trainer.sampling import (  # noqa: E402
 from trainer.samplers import make_scheduler  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny tensors: one thread is as fast, and 2-thread OpenMP crawls when other processes share the CPUs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def model():
     return SDModel(name="demo", checkpoint_hash="demo", device=torch.device("cpu"), **build_demo_components())
@@ -182,6 +191,12 @@ def test_prompt_editing_reaches_the_image(model):
     edited = pixels(generate(model, prompt="a [cat:dog:0.5]", steps=4))
     assert not np.array_equal(edited, pixels(generate(model, prompt="a cat", steps=4)))
     assert not np.array_equal(edited, pixels(generate(model, prompt="a dog", steps=4)))
+
+
+def test_long_prompts_mix_with_short_ones(model):
+    long_text = ", ".join(["a red cat on a blue mat"] * 20)  # well over 75 tokens: several chunks
+    result = generate(model, prompt=f"[a dog:{long_text}:0.5] AND a bird:0.3", negative_prompt="blurry")
+    assert result.image.size == (64, 64)
 
 
 def test_each_distinct_text_is_encoded_once(model, monkeypatch):

@@ -154,11 +154,14 @@ def cmd_train_embedding(args):
     args.device = str(accelerator.device)
     ws = make_workspace(args)
     stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: stop, save, exit 130
     progress = ConsoleProgress(enabled=not args.quiet and accelerator.is_main_process)
-    result = train_embedding(ws.model, cfg, ws.folders.embeddings_dir, args.templates_dir,
-                             other_embeddings=ws.embedding_vectors(), progress=progress,
-                             should_stop=stop.is_set, accelerator=accelerator)
+    try:
+        result = train_embedding(ws.model, cfg, ws.folders.embeddings_dir, args.templates_dir,
+                                 other_embeddings=ws.embedding_vectors(), progress=progress,
+                                 should_stop=stop.is_set, accelerator=accelerator)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
     if accelerator.is_main_process:
         for warning in result.warnings:
             print(f"Warning: {warning}", file=sys.stderr)

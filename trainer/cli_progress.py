@@ -21,7 +21,7 @@ class ConsoleProgress:
             self.bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2g}")
         elif kind in ("message", "saved", "preview"):
             text = event.get("text") or "saved " + ", ".join(event.get("files", [event.get("path", "")]))
-            (self.bar.write if self.bar is not None else lambda t: print(t, file=sys.stderr))(text)
+            tqdm.write(text, file=sys.stderr)
         elif kind == "end" and self.bar is not None:
             self.bar.close()
             self.bar = None

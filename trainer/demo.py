@@ -43,6 +43,10 @@ def build_demo_components(seed: int = 0) -> dict:
             num_hidden_layers=2, max_position_embeddings=77, hidden_act="quick_gelu",
             bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, projection_dim=TEXT_WIDTH,
         ))
+        # A trained CLIP's final LayerNorm has a bias, so its outputs have a clearly non-zero mean; the
+        # reference's emphasis (rescale to the original mean) relies on that. Give the demo one too.
+        with torch.no_grad():
+            text_encoder.final_layer_norm.bias.normal_(0.0, 0.5)
         unet = UNet2DConditionModel(
             sample_size=64, in_channels=4, out_channels=4, layers_per_block=1,
             block_out_channels=(32, 32, 64),

@@ -18,6 +18,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from trainer.files import atomic_write
 from trainer.embedding_core import (
     Embedding,
     EmbeddingReadError,
@@ -29,22 +30,6 @@ from trainer.embedding_core import (
 PICKLE_EXTENSIONS = (".pt", ".bin")
 SAFETENSORS_EXTENSIONS = (".safetensors",)
 SAFETENSORS_KEY = "emb_params"
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(temp_path)`` for a temporary file beside ``path``, then move it over ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-    return path
 
 
 def torch_save_compatible(obj, path: str | os.PathLike) -> None:

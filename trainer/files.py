@@ -2,20 +2,28 @@
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 
-def atomic_write_bytes(path, data: bytes):
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(temp_path)`` for a temporary file beside ``path``, then move it over ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write(temp)
+        os.replace(temp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if os.path.exists(temp):
+            os.unlink(temp)
         raise
+    return path
 
 
-def atomic_write_text(path, text: str):
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_bytes(path, data: bytes) -> Path:
+    return atomic_write(path, lambda temp: Path(temp).write_bytes(data))
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))

@@ -14,7 +14,8 @@ What the checkpoint dropdown lists (`list_checkpoints`) and what `load_model` ac
      (a yaml without it means epsilon, the LDM default);
   2. otherwise the UNet is probed: run once on a constant input at the last timestep, a v-model's output is
      far below the input (mean difference < -1), an epsilon model's is not (A1111's
-     ``is_using_v_parameterization_for_sd2``, done here on the already-loaded diffusers UNet, ~1 s on CPU).
+     ``is_using_v_parameterization_for_sd2``, done here on the already-loaded diffusers UNet: ~3 s on a
+     2-core CPU).
   ``.ckpt`` files are read with ``torch.load(weights_only=True)``: a pickle that would run code is refused.
 
 ``config_dir`` (tests, or an unusual model): a diffusers config folder that describes the single file's
@@ -374,11 +375,10 @@ def _components_from_state(state: dict, config: Path, name: str) -> dict:
     parts = {}
     try:
         for key, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
-            parts[key] = cls.from_single_file(state, config=str(config), subfolder=key, local_files_only=True,
-                                              torch_dtype=torch.float32)
+            # In the file's own dtype; `_finish` makes it fp32 (a dtype here makes diffusers warn).
+            parts[key] = cls.from_single_file(state, config=str(config), subfolder=key, local_files_only=True)
         parts["text_encoder"] = create_diffusers_clip_model_from_ldm(
-            CLIPTextModel, state, subfolder="text_encoder", config=str(config), local_files_only=True,
-            torch_dtype=torch.float32)
+            CLIPTextModel, state, subfolder="text_encoder", config=str(config), local_files_only=True)
     except Exception as error:  # noqa: BLE001 - shape mismatches, missing parts: the file does not fit
         raise UserError(f"Checkpoint '{name}' does not match its Stable Diffusion configuration "
                         f"({_first_line(error)}).") from None

@@ -151,6 +151,11 @@ class _ScheduleParser:
         return self.text[pos] if pos < len(self.text) else ""
 
     def parse(self) -> list:
+        # Settle every bracket from the right first: a bracket's inner brackets are then already known,
+        # so the recursion stays shallow however deeply the prompt nests.
+        for pos in range(len(self.text) - 1, -1, -1):
+            if self.text[pos] in "([":
+                self.bracket(pos)
         nodes: list = []
         pos = 0
         while pos < len(self.text):
@@ -340,7 +345,7 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
     """Split a prompt at each standalone ``AND`` into ``(text, weight)``; ``text :0.5`` gives weight 0.5.
 
     >>> split_and("a cat AND a dog :0.5")
-    [('a cat ', 1.0), (' a dog', 0.5)]
+    [('a cat', 1.0), (' a dog', 0.5)]
     """
     result = []
     for part in _AND.split(prompt):

@@ -24,9 +24,9 @@ from .embeddings import (Embedding, EmbeddingReadError, load_optimizer_state, re
                          save_embedding, save_optimizer_state, write_image_embedding)
 from .errors import UserError
 from .files import atomic_write_text
-from .sampling import Txt2ImgParams, save_png_with_infotext, txt2img
+from .sampling import Txt2ImgParams, save_png_with_infotext, txt2img, validate_params
 from .schedule import parse_schedule
-from .train_config import TrainConfig
+from .train_config import PreviewSettings, TrainConfig
 
 
 @dataclass
@@ -102,6 +102,8 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
     clip_schedule = None
     if cfg.clip_grad_mode != "disabled":
         clip_schedule = parse_schedule(cfg.clip_grad_value, cfg.steps, start_step, "gradient clipping")
+    if cfg.preview_every:
+        preview_params(cfg, "a caption")  # bad preview settings are a sentence now, not a failure at step N
     if start_step >= cfg.steps:
         raise UserError(f"Embedding '{cfg.name}' already has {start_step} steps, not below max steps "
                         f"{cfg.steps}; raise Max steps to train further.")
@@ -156,7 +158,7 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                                   generator=generator).to(latents.device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        trainable()  # through the (possibly DDP-wrapped) module, so gradients are synchronised
+        vectors = trainable()  # through the (possibly DDP-wrapped) module, so gradients are synchronised
         with accelerator.autocast():
             cond = encoder(prompts)
             prediction = model.unet(noisy, timesteps, cond).sample
@@ -167,7 +169,9 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
         loss = F.mse_loss(prediction.float(), target.float(), reduction="none")
         if batch.weights is not None:
             loss = loss * batch.weights.to(loss.device)
-        return loss.mean()
+        # A prompt without the embedding (a template line with no [name]) still gives the vectors a (zero)
+        # gradient, so backward works and every data-parallel process joins the gradient all-reduce.
+        return loss.mean() + 0.0 * vectors.sum()
 
     def batch_stream():
         epoch = 0
@@ -268,6 +272,11 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
             save_embedding(current_embedding(last_good, step), final_path)
             if cfg.save_optimizer_state and status in ("finished", "interrupted"):
                 save_optimizer_state(final_path, last_good, optimizer.state_dict())
+    if accelerator.num_processes > 1:  # data parallel: every process must hold the very same vectors
+        gathered = accelerator.gather(last_good.to(accelerator.device)[None]).cpu()
+        in_sync = all(torch.equal(gathered[0], other) for other in gathered[1:])
+        emit({"type": "message", "text": f"Data parallel over {accelerator.num_processes} processes; vectors "
+              + ("identical on every process." if in_sync else "DIFFER between processes.")})
     accelerator.wait_for_everyone()
     saved = f"Embedding saved to {final_path}." if step > start_step else "No steps were made, nothing saved."
     if status == "finished":
@@ -284,19 +293,18 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
                        str(log_dir) if log_dir else None, warnings)
 
 
+def preview_params(cfg: TrainConfig, caption: str) -> Txt2ImgParams:
+    """The reference's default preview (the batch's first caption, 20 steps, CFG 7, random seed, training
+    size) unless the user asked for the txt2img tab's parameters."""
+    p = cfg.preview or PreviewSettings()
+    return validate_params(Txt2ImgParams(
+        prompt=p.prompt or caption, negative_prompt=p.negative_prompt, sampler=p.sampler, steps=p.steps,
+        cfg_scale=p.cfg_scale, seed=p.seed, width=p.width or cfg.width, height=p.height or cfg.height))
+
+
 def make_preview(model, cfg: TrainConfig, embedding: Embedding, others, caption: str, log_dir: Path, emit):
     """Render a preview with the current vectors; write images/ (and image_embeddings/) files."""
-    settings = cfg.preview
-    params = Txt2ImgParams(
-        prompt=settings.prompt if settings and settings.prompt else caption,
-        negative_prompt=settings.negative_prompt if settings else "",
-        sampler=settings.sampler if settings else "Euler a",
-        steps=settings.steps if settings else 20,
-        cfg_scale=settings.cfg_scale if settings else 7.0,
-        seed=settings.seed if settings else -1,
-        width=(settings.width if settings and settings.width else cfg.width),
-        height=(settings.height if settings and settings.height else cfg.height),
-    )
+    params = preview_params(cfg, caption)
     image, infotext, seed = txt2img(model, params, {**others, embedding.name: embedding.vectors})[0]
     path = log_dir / "images" / f"{embedding.name}-{embedding.step}.png"
     save_png_with_infotext(image, infotext, path)

@@ -94,3 +94,24 @@ class Workspace:
                                    should_stop=job.stop.is_set)
 
         return self.runner.start("train-embedding", f"Training embedding {cfg.name}", work)
+
+    def start_preprocess(self, config):
+        """Run preprocess.run_preprocess as the background job (image i/N progress, Interrupt after an image)."""
+        from preprocess.pipeline import run_preprocess, validate_config
+
+        config = validate_config(config)
+
+        def work(job):
+            result = run_preprocess(config, progress=lambda e: job.report({"type": "progress", **e}),
+                                    should_stop=job.stop.is_set)
+            lines = [result.summary] + [f"Skipped {s.name}: {s.reason}" for s in result.skipped] + result.warnings
+            return PreprocessOutcome("interrupted" if result.interrupted else "finished", "\n".join(lines), result)
+
+        return self.runner.start("preprocess", "Preprocessing images", work)
+
+
+@dataclass
+class PreprocessOutcome:
+    status: str
+    message: str
+    result: object

@@ -10,7 +10,7 @@ from trainer.errors import UserError
 from trainer.prompt_view import describe_prompt
 from trainer.train_config import PreviewSettings, TrainConfig
 
-from . import create_embedding_tab, job_view, output_column, train_tab, txt2img_tab
+from . import create_embedding_tab, job_view, output_column, preprocess_tab, train_tab, txt2img_tab
 from .prompt_html import prompt_html
 
 JOB_POLL_SECONDS = 1.0
@@ -32,12 +32,15 @@ def build_app(ws) -> gr.Blocks:
                         with gr.Tabs():
                             with gr.Tab("Create embedding", id="create_embedding"):
                                 ce = create_embedding_tab.build()
+                            with gr.Tab("Preprocess images", id="preprocess_images"):
+                                pp = preprocess_tab.build()
                             with gr.Tab("Train", id="train_embedding"):
                                 tr = train_tab.build(ws)
                     with gr.Column():
                         out = output_column.build()
         timer = gr.Timer(JOB_POLL_SECONDS, active=False)
         seen = gr.State(None)  # what this page already shows, so unchanged parts are not re-sent
+        preprocess_tab.wire(ws, pp, out, timer)
 
         # --- helpers ------------------------------------------------------------------------------------
         def embedding_choices(value=None):

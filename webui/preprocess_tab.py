@@ -1,0 +1,270 @@
+"""Train > Preprocess images: the reference's controls, plus "Review captions" (edit the captions of any
+dataset folder before training).
+
+`build()` lays the subtab out and returns its components; `wire(ws, c, out, timer)` attaches the events.
+Preprocessing runs as the workspace's background job; the page's shared timer draws its progress in the
+output column. When a preprocessing job ends, its destination is loaded into "Review captions".
+"""
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+
+from preprocess.caption import DEFAULT_BLIP_DIR
+from preprocess.captions_review import caption_of, list_images, save_caption, thumbnail
+from preprocess.pipeline import PreprocessConfig
+from trainer.errors import UserError
+
+CAPTION_ACTIONS = ["ignore", "copy", "prepend", "append"]
+OBJECTIVES = ["Maximize area", "Minimize error"]
+PAGE_SIZE = 48  # gallery thumbnails per page
+VIEW_SIZE = 768  # the selected image is shown from a copy this large at most
+LABEL_CHARS = 60  # gallery captions are cut to this length
+
+
+def build() -> SimpleNamespace:
+    c = SimpleNamespace()
+    c.src = gr.Textbox(label="Source directory", elem_id="train_process_src")
+    c.dst = gr.Textbox(label="Destination directory", elem_id="train_process_dst")
+    c.width = gr.Slider(minimum=64, maximum=2048, step=8, label="Width", value=512, elem_id="train_process_width")
+    c.height = gr.Slider(minimum=64, maximum=2048, step=8, label="Height", value=512,
+                         elem_id="train_process_height")
+    c.caption_action = gr.Dropdown(label="Existing Caption txt Action", value="ignore", choices=CAPTION_ACTIONS,
+                                   elem_id="train_preprocess_txt_action")
+    with gr.Row():
+        c.keep_original_size = gr.Checkbox(label="Keep original size", elem_id="train_process_keep_original_size")
+        c.flip = gr.Checkbox(label="Create flipped copies", elem_id="train_process_flip")
+        c.split = gr.Checkbox(label="Split oversized images", elem_id="train_process_split")
+        c.focal_crop = gr.Checkbox(label="Auto focal point crop", elem_id="train_process_focal_crop")
+        c.autosize = gr.Checkbox(label="Auto-sized crop", elem_id="train_process_multicrop")
+        c.blip = gr.Checkbox(label="Use BLIP for caption", elem_id="train_process_caption")
+    with gr.Row(visible=False) as c.split_row:
+        c.split_threshold = gr.Slider(label="Split image threshold", value=0.5, minimum=0.0, maximum=1.0, step=0.05,
+                                      elem_id="train_process_split_threshold")
+        c.overlap_ratio = gr.Slider(label="Split image overlap ratio", value=0.2, minimum=0.0, maximum=0.9,
+                                    step=0.05, elem_id="train_process_overlap_ratio")
+    with gr.Row(visible=False) as c.focal_row:
+        c.face_weight = gr.Slider(label="Focal point face weight", value=0.9, minimum=0.0, maximum=1.0, step=0.05,
+                                  elem_id="train_process_focal_crop_face_weight")
+        c.entropy_weight = gr.Slider(label="Focal point entropy weight", value=0.15, minimum=0.0, maximum=1.0,
+                                     step=0.05, elem_id="train_process_focal_crop_entropy_weight")
+        c.edges_weight = gr.Slider(label="Focal point edges weight", value=0.5, minimum=0.0, maximum=1.0, step=0.05,
+                                   elem_id="train_process_focal_crop_edges_weight")
+        c.focal_debug = gr.Checkbox(label="Create debug image", elem_id="train_process_focal_crop_debug")
+    with gr.Column(visible=False) as c.autosize_col:
+        gr.Markdown("Each image is center-cropped with an automatically chosen width and height.")
+        with gr.Row():
+            c.min_dim = gr.Slider(minimum=64, maximum=2048, step=8, label="Dimension lower bound", value=384,
+                                  elem_id="train_process_multicrop_mindim")
+            c.max_dim = gr.Slider(minimum=64, maximum=2048, step=8, label="Dimension upper bound", value=768,
+                                  elem_id="train_process_multicrop_maxdim")
+        with gr.Row():
+            c.min_area = gr.Slider(minimum=64 * 64, maximum=2048 * 2048, step=1, label="Area lower bound",
+                                   value=64 * 64, elem_id="train_process_multicrop_minarea")
+            c.max_area = gr.Slider(minimum=64 * 64, maximum=2048 * 2048, step=1, label="Area upper bound",
+                                   value=640 * 640, elem_id="train_process_multicrop_maxarea")
+        with gr.Row():
+            c.objective = gr.Radio(OBJECTIVES, value="Maximize area", label="Resizing objective",
+                                   elem_id="train_process_multicrop_objective")
+            c.error_threshold = gr.Slider(minimum=0, maximum=1, step=0.01, label="Error threshold", value=0.1,
+                                          elem_id="train_process_multicrop_threshold")
+    with gr.Row(visible=False) as c.blip_row:
+        c.blip_model = gr.Textbox(label="BLIP model folder", value=str(DEFAULT_BLIP_DIR), scale=3,
+                                  elem_id="train_process_blip_model")
+        c.beams = gr.Number(label="Number of beams", value=1, precision=0, minimum=1,
+                            elem_id="train_process_blip_beams")
+        c.min_length = gr.Number(label="Minimum caption length", value=24, precision=0, minimum=0,
+                                 elem_id="train_process_blip_min_length")
+        c.max_length = gr.Number(label="Maximum caption length", value=48, precision=0, minimum=0,
+                                 elem_id="train_process_blip_max_length")
+    with gr.Row():
+        gr.HTML(value="", padding=False)
+        c.interrupt = gr.Button("Interrupt", elem_id="train_interrupt_preprocessing")
+        c.run = gr.Button("Preprocess", variant="primary", elem_id="train_run_preprocess")
+    build_review(c)
+    c.form = [  # (PreprocessConfig field, component), in the order the Preprocess handler receives them
+        ("src", c.src), ("dst", c.dst), ("width", c.width), ("height", c.height),
+        ("caption_action", c.caption_action), ("keep_original_size", c.keep_original_size), ("flip", c.flip),
+        ("split", c.split), ("split_threshold", c.split_threshold), ("overlap_ratio", c.overlap_ratio),
+        ("focal_crop", c.focal_crop), ("face_weight", c.face_weight), ("entropy_weight", c.entropy_weight),
+        ("edges_weight", c.edges_weight), ("focal_debug", c.focal_debug), ("autosize", c.autosize),
+        ("min_dim", c.min_dim), ("max_dim", c.max_dim), ("min_area", c.min_area), ("max_area", c.max_area),
+        ("objective", c.objective), ("error_threshold", c.error_threshold), ("caption", c.blip),
+        ("blip_model", c.blip_model), ("beams", c.beams), ("min_length", c.min_length),
+        ("max_length", c.max_length),
+    ]
+    return c
+
+
+def build_review(c: SimpleNamespace) -> None:
+    """The "Review captions" accordion: folder, paged thumbnail gallery, the selected image and its caption."""
+    with gr.Accordion("Review captions", open=False, elem_id="train_review_captions") as c.review:
+        with gr.Row():
+            c.review_folder = gr.Textbox(label="Folder to review", placeholder="A folder of images and .txt captions",
+                                         scale=4, elem_id="train_review_folder")
+            c.review_load = gr.Button("Load", scale=0, min_width=80, elem_id="train_review_load")
+        c.review_status = gr.Markdown(elem_id="train_review_status")
+        c.review_gallery = gr.Gallery(label="Images", columns=5, height=300, allow_preview=False,
+                                      object_fit="cover", buttons=[], elem_id="train_review_gallery")
+        with gr.Row():
+            c.review_prev_page = gr.Button("Previous page", size="sm", elem_id="train_review_prev_page")
+            c.review_next_page = gr.Button("Next page", size="sm", elem_id="train_review_next_page")
+        with gr.Row():
+            c.review_image = gr.Image(label="Selected image", interactive=False, height=320, buttons=[],
+                                      elem_id="train_review_image")
+            with gr.Column(scale=2):
+                c.review_name = gr.Markdown("Select an image above.", elem_id="train_review_name")
+                c.review_caption = gr.Textbox(label="Caption", lines=4, elem_id="train_review_caption")
+                with gr.Row():
+                    c.review_prev = gr.Button("Previous", min_width=80, elem_id="train_review_prev")
+                    c.review_next = gr.Button("Next", min_width=80, elem_id="train_review_next")
+                    c.review_save = gr.Button("Save caption", variant="primary", min_width=120,
+                                              elem_id="train_review_save")
+    c.review_state = gr.State(None)  # {"folder": str, "names": [file names], "page": int, "index": int | None}
+    c.review_job = gr.State(None)  # id of the preprocessing job whose destination was loaded last
+
+
+def config_from_form(values: dict) -> PreprocessConfig:
+    """The PreprocessConfig for the form's values (validated by the engine when the job starts)."""
+    values = dict(values)
+    values["caption"] = "blip" if values.get("caption") else ""
+    folder = str(values.get("blip_model") or "").strip()
+    # The default folder means "models/BLIP, else a BLIP model in the Hugging Face cache" (the engine's None).
+    values["blip_model"] = None if not folder or Path(folder) == DEFAULT_BLIP_DIR else folder
+    return PreprocessConfig(**values)
+
+
+def wire(ws, c: SimpleNamespace, out: SimpleNamespace, timer: gr.Timer) -> None:
+    """Attach the tab's events. `out` is the shared output column, `timer` the page's job-polling timer."""
+    keys = [key for key, _ in c.form]
+
+    def start(*values):
+        try:
+            job = ws.start_preprocess(config_from_form(dict(zip(keys, values))))
+        except UserError as e:
+            return "", str(e), gr.skip()
+        return f"{job.title}...", "", gr.Timer(active=True)
+
+    c.run.click(start, [component for _, component in c.form], [out.output, out.error, timer])
+    c.interrupt.click(lambda: "Interrupting..." if ws.runner.interrupt() else "Nothing is running.",
+                      None, out.output, queue=False)
+    for box, extra in ((c.split, c.split_row), (c.focal_crop, c.focal_row), (c.autosize, c.autosize_col),
+                       (c.blip, c.blip_row)):
+        box.change(lambda show: gr.update(visible=show), box, extra, queue=False, show_progress="hidden")
+    wire_review(ws, c, out)
+
+
+def wire_review(ws, c: SimpleNamespace, out: SimpleNamespace) -> None:
+    view = [c.review_state, c.review_gallery, c.review_status, c.review_image, c.review_name, c.review_caption]
+    c.dst.change(lambda folder: folder, c.dst, c.review_folder, queue=False, show_progress="hidden")
+    for trigger in (c.review_load.click, c.review_folder.submit):
+        trigger(load_folder, c.review_folder, view)
+    c.review_prev_page.click(lambda s: show_page(s, -1), c.review_state, view, show_progress="hidden")
+    c.review_next_page.click(lambda s: show_page(s, +1), c.review_state, view, show_progress="hidden")
+    editing = [c.review_state, c.review_caption]
+    c.review_gallery.select(select_image, editing, view, show_progress="hidden")
+    c.review_prev.click(lambda s, text: step_image(s, -1, text), editing, view, show_progress="hidden")
+    c.review_next.click(lambda s, text: step_image(s, +1, text), editing, view, show_progress="hidden")
+    c.review_save.click(save_current, editing, view, show_progress="hidden")
+
+    def after_preprocess(seen_job):
+        """When the output text changes because a preprocessing job ended, review its destination."""
+        job = ws.runner.current
+        result = getattr(getattr(job, "result", None), "result", None)
+        if job is None or job.kind != "preprocess" or job.running or job.id == seen_job or result is None:
+            return [gr.skip()] * (3 + len(view))
+        folder = str(result.destination)
+        return [job.id, folder, gr.Accordion(open=True), *load_folder(folder)]
+
+    out.output.change(after_preprocess, c.review_job, [c.review_job, c.review_folder, c.review] + view,
+                      show_progress="hidden")
+
+
+# --- review handlers: each returns (state, gallery, status, image, name, caption) ---------------------------
+def load_folder(folder):
+    try:
+        names = [path.name for path in list_images(folder)]
+    except UserError as e:
+        return None, [], f"**Error:** {e}", None, "Select an image above.", ""
+    state = {"folder": str(Path(folder).expanduser().resolve()), "names": names, "page": 0,
+             "index": 0 if names else None}
+    return _view(state, "" if names else "No images in this folder.")
+
+
+def show_page(state, delta: int):
+    if not state:
+        return _no_folder()
+    page = min(max(state["page"] + delta, 0), _page_count(state) - 1)
+    if page == state["page"]:
+        return (gr.skip(),) * 6
+    index = page * PAGE_SIZE if state["names"] else None  # the page's first image is selected
+    return _view({**state, "page": page, "index": index})
+
+
+def select_image(state, text, evt: gr.SelectData):
+    if not state or not state["names"]:
+        return _no_folder()
+    index = min(state["page"] * PAGE_SIZE + evt.index, len(state["names"]) - 1)
+    return _view({**state, "index": index}, _unsaved(state, text), gallery=False)
+
+
+def step_image(state, delta: int, text: str | None = None):
+    if not state or not state["names"]:
+        return _no_folder()
+    index = 0 if state["index"] is None else min(max(state["index"] + delta, 0), len(state["names"]) - 1)
+    page = index // PAGE_SIZE
+    return _view({**state, "index": index, "page": page}, _unsaved(state, text), gallery=page != state["page"])
+
+
+def save_current(state, caption):
+    if not state or state["index"] is None:
+        return (*[gr.skip()] * 2, "Select an image first.", *[gr.skip()] * 3)
+    try:
+        saved = save_caption(Path(state["folder"]) / state["names"][state["index"]], caption)
+    except UserError as e:
+        return (*[gr.skip()] * 2, f"**Error:** {e}", *[gr.skip()] * 3)
+    return _view(state, f"Saved {saved.name}.", image=False)
+
+
+def _view(state: dict, message: str = "", gallery: bool = True, image: bool = True):
+    """Outputs for `state`: the current page of thumbnails, a status line and the selected image."""
+    folder, names, page, index = Path(state["folder"]), state["names"], state["page"], state["index"]
+    status = f"{len(names)} images in {folder}, page {page + 1} of {_page_count(state)}."
+    status = f"{message} {status}".strip()
+    first = page * PAGE_SIZE
+    on_page = index - first if index is not None and 0 <= index - first < PAGE_SIZE else None
+    if gallery:
+        items = [(str(thumbnail(folder / name)), _label(folder / name)) for name in names[first:first + PAGE_SIZE]]
+        items = gr.update(value=items, selected_index=on_page)
+    else:
+        items = gr.update(selected_index=on_page)  # moves the highlight only
+    if index is None:
+        return state, items, status, None, "Select an image above.", ""
+    path = folder / names[index]
+    shown = str(thumbnail(path, VIEW_SIZE)) if image else gr.skip()
+    caption = caption_of(path)
+    note = "" if caption.has_caption_file else " (no caption file yet)"
+    return state, items, status, shown, f"**{path.name}**, {index + 1} of {len(names)}{note}", caption.caption
+
+
+def _unsaved(state: dict, text) -> str:
+    """A warning when the caption box held edits that were not saved before moving to another image."""
+    if state["index"] is None or text is None:
+        return ""
+    path = Path(state["folder"]) / state["names"][state["index"]]
+    if (text or "").strip() == caption_of(path).caption:
+        return ""
+    return f"The edited caption of {path.name} was not saved."
+
+
+def _label(path: Path) -> str:
+    text = caption_of(path).caption or "(no caption)"
+    return text if len(text) <= LABEL_CHARS else text[:LABEL_CHARS - 1] + "…"
+
+
+def _page_count(state: dict) -> int:
+    return max(1, -(-len(state["names"]) // PAGE_SIZE))
+
+
+def _no_folder():
+    return (None, gr.skip(), "Load a folder first.", *[gr.skip()] * 3)
