@@ -119,15 +119,13 @@ def checkpoint_hash(path: str | os.PathLike) -> str:
 
 
 def demo_hash(components: dict, seed: int) -> str:
-    """A stable hash for the demo model: its architecture and seed (its weights follow from them)."""
-    described = {
-        "seed": seed,
-        "unet": dict(components["unet"].config),
-        "vae": dict(components["vae"].config),
-        "text_encoder": components["text_encoder"].config.to_dict(),
-        "scheduler": components["scheduler_config"],
-    }
-    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    """A stable hash of the demo model's weights (deterministic from the seed), like a file's short hash."""
+    digest = hashlib.sha256(f"demo-{seed}".encode())
+    for key in ("text_encoder", "unet", "vae"):
+        for name, tensor in sorted(components[key].state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:10]
 
 
 # ---------------------------------------------------------------------------------------- reading files

@@ -17,11 +17,12 @@ JOB_POLL_SECONDS = 1.0
 
 
 def build_app(ws) -> gr.Blocks:
+    ws.model  # loaded before the page is built: the checkpoint and embedding lists come from it
     with gr.Blocks(title="Textual inversion trainer") as demo:
         with gr.Row():
             checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=ws.checkpoints(),
                                      value=ws.model_name, elem_id="setting_sd_model_checkpoint", scale=4)
-            refresh_checkpoints = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
+            refresh_checkpoints = gr.Button("↻", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
             model_status = gr.Markdown(model_caption(ws), elem_id="model_status")
         with gr.Tabs():
             with gr.Tab("txt2img", id="txt2img"):
@@ -50,26 +51,36 @@ def build_app(ws) -> gr.Blocks:
         def embedding_counts() -> dict:
             return {name: e.num_vectors for name, e in ws.embeddings()[0].items()}
 
-        def render(seen_key, steps_hint=20):
-            """Outputs for the current job: (output, error, progress, plot, gallery, parsed, timer, seen)."""
+        def render(seen_before, steps_hint=20):
+            """Outputs for the current job: (output, error, progress, plot, gallery, parsed, timer, seen).
+
+            `seen` remembers what this page already shows; unchanged parts are skipped (not re-sent), and the
+            error box is only written when the job's error changes, so a refusal message stays visible."""
             job = ws.runner.current
             snap = job.snapshot() if job else None
             running = bool(snap and snap["state"] == "running")
-            key = None if snap is None else (snap["id"], snap["state"], len(snap["losses"]),
-                                             len(snap["previews"]), len(snap["messages"]),
-                                             str(snap["latest"].get("done")), snap["preview_prompt"])
-            if key is not None and key == seen_key:
-                return (*[gr.skip()] * 6, gr.Timer(active=running), seen_key)
-            old_previews = (seen_key[0], seen_key[3]) if seen_key else None
-            gallery = (job_view.gallery_items(snap) if snap and old_previews != (snap["id"], len(snap["previews"]))
-                       else gr.skip())
+            if snap is None:
+                return (*[gr.skip()] * 6, gr.Timer(active=False), None)
+            old = seen_before if seen_before and seen_before["id"] == snap["id"] else {}
+            now = {"id": snap["id"], "state": snap["state"], "losses": len(snap["losses"]),
+                   "previews": len(snap["previews"]), "messages": len(snap["messages"]),
+                   "done": snap["latest"].get("done"), "prompt": snap["preview_prompt"], "error": snap["error"]}
+            if now == old:
+                return (*[gr.skip()] * 6, gr.Timer(active=running), now)
+
+            def changed(*keys):
+                return any(old.get(k) != now[k] for k in keys)
+
             parsed = gr.skip()
-            if snap and snap["preview_prompt"] and (not seen_key or seen_key[6] != snap["preview_prompt"]):
+            if snap["preview_prompt"] and changed("prompt"):
                 parsed = prompt_html(describe_prompt(snap["preview_prompt"], steps_hint, embedding_counts()),
                                      "Last preview prompt")
-            return (job_view.result_text(snap), job_view.error_text(snap), job_view.progress_html(snap),
-                    job_view.loss_frame(snap["losses"]) if snap else gr.skip(), gallery, parsed,
-                    gr.Timer(active=running), key)
+            return (job_view.result_text(snap),
+                    job_view.error_text(snap) if changed("error") else gr.skip(),
+                    job_view.progress_html(snap),
+                    job_view.loss_frame(snap["losses"]) if changed("losses") else gr.skip(),
+                    job_view.gallery_items(snap) if changed("previews") else gr.skip(),
+                    parsed, gr.Timer(active=running), now)
 
         job_outputs = [out.output, out.error, out.progress, out.loss_plot, out.gallery, out.parsed_prompt,
                        timer, seen]
@@ -114,7 +125,8 @@ def build_app(ws) -> gr.Blocks:
                 cfg = train_tab.config_from_form(dict(zip(form_keys, form)), preview)
                 job = ws.start_training(cfg)
             except UserError as e:
-                return "", str(e), gr.Timer(active=_running(ws))
+                gr.Warning(str(e))
+                return gr.skip(), str(e), gr.Timer(active=_running(ws))
             return f"{job.title}...", "", gr.Timer(active=True)
 
         tr.train.click(start_training, form_components + [tr.use_txt2img] + t2i.params,
@@ -122,7 +134,12 @@ def build_app(ws) -> gr.Blocks:
         tr.interrupt.click(lambda: "Interrupting..." if ws.runner.interrupt() else "Nothing is running.",
                            None, out.output, queue=False)
         timer.tick(render, seen, job_outputs, show_progress="hidden")
-        demo.load(lambda: render(None), None, job_outputs)
+        def on_load():
+            """A new or reloaded page: current lists (files may have appeared) and the running job, if any."""
+            return (*render(None), embedding_choices(), gr.Dropdown(choices=ws.checkpoints(), value=ws.model_name),
+                    model_caption(ws))
+
+        demo.load(on_load, None, job_outputs + [tr.embedding, checkpoint, model_status])
         tr.refresh_embeddings.click(lambda v: embedding_choices(v), tr.embedding, tr.embedding)
         tr.refresh_templates.click(lambda v: gr.Dropdown(choices=ws.templates(), value=v), tr.template,
                                    tr.template)

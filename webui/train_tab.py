@@ -15,7 +15,7 @@ def build(ws) -> SimpleNamespace:
     with gr.Row():
         c.embedding = gr.Dropdown(label="Embedding", choices=loaded, value=None, elem_id="train_embedding",
                                   scale=4)
-        c.refresh_embeddings = gr.Button("🔄", elem_id="train_embedding_refresh", scale=0, min_width=40)
+        c.refresh_embeddings = gr.Button("↻", elem_id="train_embedding_refresh", scale=0, min_width=40)
     c.learn_rate = gr.Textbox(label="Embedding Learning rate", value="0.005", placeholder="Embedding Learning rate",
                               elem_id="train_embedding_learn_rate")
     with gr.Row():
@@ -36,7 +36,7 @@ def build(ws) -> SimpleNamespace:
         c.template = gr.Dropdown(label="Prompt template", choices=templates,
                                  value="style_filewords.txt" if "style_filewords.txt" in templates else None,
                                  elem_id="train_template_file", scale=4)
-        c.refresh_templates = gr.Button("🔄", elem_id="train_template_refresh", scale=0, min_width=40)
+        c.refresh_templates = gr.Button("↻", elem_id="train_template_refresh", scale=0, min_width=40)
     c.width = gr.Slider(minimum=64, maximum=2048, step=8, label="Width", value=512, elem_id="train_training_width")
     c.height = gr.Slider(minimum=64, maximum=2048, step=8, label="Height", value=512,
                          elem_id="train_training_height")

@@ -34,7 +34,7 @@ def build() -> SimpleNamespace:
                                     elem_id="txt2img_cfg_scale")
             with gr.Row():
                 c.seed = gr.Number(label="Seed", value=-1, precision=0, elem_id="txt2img_seed", scale=4)
-                c.random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", scale=0, min_width=40)
+                c.random_seed = gr.Button("Random", elem_id="txt2img_random_seed", scale=0, min_width=80)
             c.parsed = gr.HTML(elem_id="txt2img_parsed_prompt", label="Parsed prompt")
         with gr.Column():
             c.gallery = gr.Gallery(label="Output", elem_id="txt2img_gallery", columns=2, height=420,

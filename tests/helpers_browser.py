@@ -1,0 +1,58 @@
+"""Serve the real app in-process and drive it with Playwright in Debian's Chromium."""
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_chromium():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+
+
+@contextlib.contextmanager
+def served_app(ws):
+    """The full page of app.py for workspace `ws`, on a free local port."""
+    from webui.app import build_app
+    from webui.job_view import CSS
+
+    demo = build_app(ws)
+    demo.queue(default_concurrency_limit=2)
+    demo.launch(prevent_thread_lock=True, quiet=True, css=CSS, footer_links=[])
+    try:
+        yield demo
+    finally:
+        demo.close()
+
+
+@contextlib.contextmanager
+def browser_page(url, width=1400, height=1600):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
+def fill(page, elem_id, value):
+    """Type into a Gradio textbox/number by its elem_id and commit it."""
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def open_train_subtab(page, name):
+    page.get_by_role("tab", name="Train", exact=True).first.click()
+    page.get_by_role("tab", name=name, exact=True).last.click()

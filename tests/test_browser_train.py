@@ -1,0 +1,106 @@
+"""The page in Chromium: create an embedding, train with previews, watch loss arrive, interrupt, train again."""
+import re
+import time
+
+import pytest
+
+from helpers_browser import ROOT, browser_page, fill, open_train_subtab, require_chromium, served_app
+from helpers_images import make_dataset
+from trainer.embeddings import read_embedding_file
+from trainer.workspace import Folders, Workspace
+
+pytestmark = pytest.mark.browser
+
+
+def wait_for(condition, timeout=90, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def progress_text(page):
+    return page.locator("#ti_progress").inner_text()
+
+
+def current_step(page):
+    match = re.search(r"Step (\d+)/", progress_text(page))
+    return int(match.group(1)) if match else 0
+
+
+def test_create_train_preview_interrupt_and_resume(tmp_path):
+    require_chromium()
+    data = make_dataset(tmp_path / "data", size=(64, 64))
+    folders = Folders(ckpt_dir=tmp_path / "ckpt", embeddings_dir=tmp_path / "embeddings",
+                      hypernetwork_dir=tmp_path / "hn", templates_dir=ROOT / "textual_inversion_templates")
+    ws = Workspace(folders, "cpu")
+    with served_app(ws) as demo, browser_page(demo.local_url) as page:
+        # Create embedding
+        open_train_subtab(page, "Create embedding")
+        fill(page, "train_new_embedding_name", "browser-cat")
+        fill(page, "train_initialization_text", "cat")
+        page.locator("#train_create_embedding").click()
+        wait_for(lambda: "Created:" in page.locator("#ti_output textarea").input_value(), what="Created:")
+        assert (tmp_path / "embeddings" / "browser-cat.pt").is_file()
+
+        # A second create without Overwrite is refused with a sentence, and nothing is clobbered
+        page.locator("#train_create_embedding").click()
+        wait_for(lambda: "exists" in page.locator("#ti_error").inner_text(), what="refusal")
+
+        # Train with previews every 3 steps
+        open_train_subtab(page, "Train")
+        page.locator("#train_embedding input").click()
+        page.get_by_role("option", name="browser-cat").click()
+        fill(page, "train_dataset_directory", data)
+        fill(page, "train_log_directory", tmp_path / "logs")
+        fill(page, "train_steps", 100000)
+        fill(page, "train_create_image_every", 3)
+        fill(page, "train_save_embedding_every", 3)
+        for elem_id in ("train_training_width", "train_training_height"):
+            fill(page, elem_id, 64)
+        page.locator("#train_train_embedding").click()
+
+        wait_for(lambda: page.locator("#ti_gallery img").count() >= 2, what="two preview images")
+        wait_for(lambda: current_step(page) >= 6, what="steps")
+        text = progress_text(page)
+        assert "Loss:" in text and "it/s" in text and "ETA" in text and "Last prompt" in text
+        assert page.locator("#ti_loss_plot canvas, #ti_loss_plot svg").count() >= 1
+        wait_for(lambda: page.locator("#ti_parsed_prompt .seg").count() >= 1, what="parsed preview prompt")
+
+        # A second start while training is refused with a message
+        page.locator("#train_train_embedding").click()
+        wait_for(lambda: "Another job is running" in page.locator("#ti_error").inner_text(), what="refusal")
+
+        # Reloading the page re-attaches to the running job
+        page.reload()
+        open_train_subtab(page, "Train")
+        wait_for(lambda: "running" in progress_text(page), what="re-attached progress")
+        step_before = current_step(page)
+        wait_for(lambda: current_step(page) > step_before, what="progress after reload")
+
+        # Interrupt saves, and the buttons work again
+        page.locator("#train_interrupt_training").click()
+        wait_for(lambda: "Training interrupted at" in page.locator("#ti_output textarea").input_value(),
+                 what="interrupted message")
+        message = page.locator("#ti_output textarea").input_value()
+        stopped_at = int(re.search(r"interrupted at (\d+) steps", message).group(1))
+        saved = read_embedding_file(tmp_path / "embeddings" / "browser-cat.pt")
+        assert saved.step == stopped_at > 0
+        page.screenshot(path="/tmp/ti-after-interrupt.png", full_page=True)
+
+        # Train again (the page was reloaded: fill the form anew); it resumes from the saved step
+        page.locator("#train_embedding input").click()
+        page.get_by_role("option", name="browser-cat").click()
+        fill(page, "train_dataset_directory", data)
+        fill(page, "train_log_directory", tmp_path / "logs")
+        fill(page, "train_steps", stopped_at + 4)
+        fill(page, "train_create_image_every", 0)
+        fill(page, "train_save_embedding_every", 0)
+        for elem_id in ("train_training_width", "train_training_height"):
+            fill(page, elem_id, 64)
+        page.locator("#train_train_embedding").click()
+        wait_for(lambda: f"Training finished at {stopped_at + 4} steps" in
+                 page.locator("#ti_output textarea").input_value(), what="finished message")
+        assert read_embedding_file(tmp_path / "embeddings" / "browser-cat.pt").step == stopped_at + 4
