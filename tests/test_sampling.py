@@ -110,8 +110,8 @@ def test_every_sampler_runs_and_is_reproducible(model, sampler):
 
 def test_sampler_table_keeps_the_noise_schedule_and_picks_the_solver(model):
     assert SAMPLERS[0] == "Euler a"
-    for name in ("Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ 2M Karras", "DDIM",
-                 "UniPC", "PLMS"):
+    for name in ("Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ 2M Karras",
+                 "DPM++ SDE", "DDIM", "UniPC", "PLMS"):
         assert name in SAMPLERS
     karras = make_scheduler("DPM++ 2M Karras", model.scheduler_config)
     assert type(karras).__name__ == "DPMSolverMultistepScheduler"

@@ -16,6 +16,15 @@ def _embedding_pattern(embeddings: dict):
     return re.compile(r"(?<![\w-])(" + "|".join(re.escape(n) for n in names) + r")(?![\w-])", re.IGNORECASE)
 
 
+def names_in_prompt(prompt: str, names) -> list:
+    """Which of `names` (embedding names) a prompt mentions, as whole words, case-insensitively."""
+    pattern = _embedding_pattern(dict.fromkeys(names))
+    if pattern is None:
+        return []
+    found = {m.lower() for m in pattern.findall(prompt)}
+    return [name for name in names if name.lower() in found]
+
+
 def _segments(text: str, pattern, embeddings: dict) -> list:
     out = []
     for fragment, weight in parse_prompt_attention(text):

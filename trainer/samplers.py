@@ -8,10 +8,10 @@ The k-diffusion samplers of the reference (Euler, LMS, Heun, DPM2, DPM++) space 
 model's timesteps, which is diffusers' "linspace" spacing; its DDIM and PLMS use "leading" spacing with the
 model's `steps_offset`. "... Karras" variants use the Karras et al. sigma schedule.
 
-Not offered: "DPM++ SDE" (diffusers' DPMSolverSDEScheduler needs the optional `torchsde` package, which is not
-a dependency of this project), "DPM++ 2S a", "DPM fast" and "DPM adaptive" (no diffusers counterpart).
-"DPM++ 2M SDE" (the multistep SDE solver) is offered instead.
+"DPM++ SDE" is diffusers' DPMSolverSDEScheduler (Brownian-tree noise from `torchsde`, seeded with the image's
+seed so it is reproducible). Not offered: "DPM++ 2S a", "DPM fast" and "DPM adaptive" (no diffusers counterpart).
 """
+import inspect
 from dataclasses import dataclass
 
 import diffusers
@@ -43,11 +43,13 @@ SAMPLER_SPECS = (
     SamplerSpec("DPM2 a", "KDPM2AncestralDiscreteScheduler", _NO_KARRAS),
     SamplerSpec("DPM++ 2M", "DPMSolverMultistepScheduler", _NO_KARRAS + _DPMPP_2M),
     SamplerSpec("DPM++ 2M SDE", "DPMSolverMultistepScheduler", _NO_KARRAS + _DPMPP_2M_SDE),
+    SamplerSpec("DPM++ SDE", "DPMSolverSDEScheduler", _NO_KARRAS),
     SamplerSpec("LMS Karras", "LMSDiscreteScheduler", _KARRAS),
     SamplerSpec("DPM2 Karras", "KDPM2DiscreteScheduler", _KARRAS),
     SamplerSpec("DPM2 a Karras", "KDPM2AncestralDiscreteScheduler", _KARRAS),
     SamplerSpec("DPM++ 2M Karras", "DPMSolverMultistepScheduler", _KARRAS + _DPMPP_2M),
     SamplerSpec("DPM++ 2M SDE Karras", "DPMSolverMultistepScheduler", _KARRAS + _DPMPP_2M_SDE),
+    SamplerSpec("DPM++ SDE Karras", "DPMSolverSDEScheduler", _KARRAS),
     SamplerSpec("DDIM", "DDIMScheduler", (("timestep_spacing", "leading"),)),
     SamplerSpec("PLMS", "PNDMScheduler", (("timestep_spacing", "leading"), ("skip_prk_steps", True))),
     SamplerSpec("UniPC", "UniPCMultistepScheduler", _NO_KARRAS),
@@ -65,14 +67,17 @@ def sampler_spec(name: str) -> SamplerSpec:
     raise UserError(f"Unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}.")
 
 
-def make_scheduler(name: str, scheduler_config: dict, prediction_type: str | None = None):
+def make_scheduler(name: str, scheduler_config: dict, prediction_type: str | None = None, seed: int | None = None):
     """A fresh diffusers scheduler for the sampler `name`, built on the model's noise-schedule config.
 
     `prediction_type` (when given) wins over the config's, so an SD 2.x v-prediction model always samples as one.
+    `seed` seeds the noise of samplers that draw their own (the SDE sampler's Brownian tree).
     """
     spec = sampler_spec(name)
     overrides = dict(spec.overrides)
     if prediction_type:
         overrides["prediction_type"] = prediction_type
     scheduler_class = getattr(diffusers, spec.scheduler_class)
+    if seed is not None and "noise_sampler_seed" in inspect.signature(scheduler_class.__init__).parameters:
+        overrides["noise_sampler_seed"] = seed
     return scheduler_class.from_config(dict(scheduler_config), **overrides)

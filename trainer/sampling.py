@@ -29,6 +29,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from .conditioning import PromptEncoder
 from .errors import UserError
+from .hypernetwork_attention import apply_hypernetworks, resolve_prompt_hypernetworks
 from .prompt_parser import prompt_schedule, split_and
 from .samplers import SAMPLERS, make_scheduler, sampler_spec
 from .sd_model import SDModel
@@ -189,7 +190,7 @@ def _decode(model: SDModel, latents: torch.Tensor) -> Image.Image:
 def _denoise(model, params, plan, encoded, seed, progress, should_stop, image_index):
     """Run the sampler for one image; the final latents, or None when `should_stop()` said stop."""
     device = model.device
-    scheduler = make_scheduler(params.sampler, model.scheduler_config, model.prediction_type)
+    scheduler = make_scheduler(params.sampler, model.scheduler_config, model.prediction_type, seed)
     scheduler.set_timesteps(params.steps, device=device)
     step_takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     order = getattr(scheduler, "order", 1)
@@ -229,6 +230,7 @@ def txt2img(
     embeddings: Mapping[str, torch.Tensor] = MappingProxyType({}),
     progress: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    hypernetworks=None,
 ) -> list[GeneratedImage]:
     """Generate `params.batch_count` images; each comes back as (PIL image, infotext, seed).
 
@@ -236,14 +238,18 @@ def txt2img(
     `dict(step=i, total=steps, image=k, images=batch_count)` after each sampling step (i and k 1-based).
     `should_stop()` is checked before every UNet evaluation; when it returns True the unfinished image is
     dropped and the images finished so far are returned (possibly none). Bad params raise UserError.
+    `<hypernet:name:multiplier>` tags in the prompt apply hypernetworks looked up in `hypernetworks` (a mapping
+    name -> Hypernetwork, or a folder path); the tags are removed from the text the text encoder sees (the
+    infotext keeps them). An unknown name is a UserError.
     """
     params = validate_params(params)
+    prompt, hypernetwork_stack = resolve_prompt_hypernetworks(params.prompt, hypernetworks)
     first_seed = params.seed if params.seed != -1 else secrets.randbelow(RANDOM_SEED_BOUND)
     autocast = (torch.autocast("cuda", dtype=model.dtype)
                 if model.device.type == "cuda" and model.dtype != torch.float32 else nullcontext())
     results = []
     with torch.no_grad(), autocast:
-        plan = ConditioningPlan.build(params.prompt, params.negative_prompt, params.steps)
+        plan = ConditioningPlan.build(prompt, params.negative_prompt, params.steps)
         encoder = PromptEncoder(model.tokenizer, model.text_encoder, embeddings, clip_skip=params.clip_skip)
         texts = plan.distinct_texts()
         vectors = encoder(texts).to(model.device)
@@ -251,7 +257,8 @@ def txt2img(
 
         for image_index in range(params.batch_count):
             seed = first_seed + image_index
-            latents = _denoise(model, params, plan, encoded, seed, progress, should_stop, image_index)
+            with apply_hypernetworks(model.unet, hypernetwork_stack):
+                latents = _denoise(model, params, plan, encoded, seed, progress, should_stop, image_index)
             if latents is None:
                 break
             image = _decode(model, latents)

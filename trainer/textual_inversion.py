@@ -4,39 +4,23 @@ Reads top to bottom like a nanoGPT loop: settings -> data (latents cached once) 
 save. Device placement, mixed precision, gradient accumulation and data parallelism go through accelerate,
 so `accelerate launch -m trainer train-embedding ...` runs this very loop on several GPUs.
 """
-import csv
-import datetime
-import json
-import os
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from accelerate import Accelerator
 from diffusers import DDPMScheduler
 
 from .conditioning import PromptEncoder
-from .dataset import TextualInversionDataset, build_prompt, read_template
+from .dataset import build_prompt, read_template
 from .embeddings import (Embedding, EmbeddingReadError, load_optimizer_state, read_embedding_file,
                          save_embedding, save_optimizer_state, write_image_embedding)
 from .errors import UserError
-from .files import atomic_write_text
-from .sampling import Txt2ImgParams, save_png_with_infotext, txt2img, validate_params
+from .sampling import save_png_with_infotext, txt2img
 from .schedule import parse_schedule
-from .train_config import PreviewSettings, TrainConfig
-
-
-@dataclass
-class TrainResult:
-    status: str  # "finished" | "interrupted" | "failed" | "nan"
-    step: int
-    message: str
-    embedding_path: str | None = None
-    log_dir: str | None = None
-    warnings: list = field(default_factory=list)
+from .train_config import TrainConfig
+from .training_common import (LossCsv, TrainResult, batch_stream, build_dataset, denoising_loss, end_message,
+                              make_accelerator, prepare_log_dir, preview_params, resolve_template)
 
 
 class TrainableVectors(torch.nn.Module):
@@ -56,22 +40,6 @@ def find_embedding_file(embeddings_dir, name: str) -> Path:
         if path.is_file():
             return path
     raise UserError(f"Embedding '{name}' was not found in {embeddings_dir}; create it first.")
-
-
-def resolve_template(templates_dir, template: str) -> Path:
-    path = Path(template)
-    if not path.is_file():
-        path = Path(templates_dir) / template
-    if not path.is_file():
-        raise UserError(f"Prompt template '{template}' was not found in {templates_dir}.")
-    return path
-
-
-def make_accelerator(device: str, grad_accum: int) -> Accelerator:
-    """fp16 autocast with a grad scaler on CUDA (bf16 where supported would also do); fp32 elsewhere."""
-    device = str(device)
-    mixed = "fp16" if device.startswith("cuda") else "no"
-    return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed, cpu=device == "cpu")
 
 
 def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, other_embeddings=None,
@@ -116,24 +84,12 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
     for message in warnings:
         emit({"type": "message", "text": "Warning: " + message})
 
-    emit({"type": "message", "text": f"Preparing dataset from {cfg.dataset}..."})
-    dataset = TextualInversionDataset(
-        model, cfg.dataset, cfg.width, cfg.height, resize=not cfg.no_resize,
-        latent_sampling=cfg.latent_sampling, use_alpha_weight=cfg.alpha_weight, word_regex=cfg.word_regex,
-        join_string=cfg.join_string, seed=seed, progress=emit, should_stop=should_stop)
-    for file_name, reason in dataset.report.skipped:
-        warnings.append(f"Skipped {file_name}: {reason}.")
-    emit({"type": "message", "text": f"Dataset: {len(dataset)} images, {len(dataset.report.skipped)} skipped."})
+    dataset = build_dataset(model, cfg, seed, emit, should_stop, warnings)
 
     log_dir = None
     if is_main and cfg.log_dir:
-        log_dir = Path(cfg.log_dir) / datetime.date.today().isoformat() / cfg.name
-        for sub in ("embeddings", "images", "image_embeddings"):
-            (log_dir / sub).mkdir(parents=True, exist_ok=True)
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
-        settings = dict(cfg.to_json(), seed=seed, start_step=start_step, template_path=str(template_path),
-                        model_hash=model.checkpoint_hash)
-        atomic_write_text(log_dir / f"settings-{stamp}.json", json.dumps(settings, indent=2))
+        log_dir = prepare_log_dir(cfg, ("embeddings", "images", "image_embeddings"), dict(
+            seed=seed, start_step=start_step, template_path=str(template_path), model_hash=model.checkpoint_hash))
 
     # --- model and optimizer ---------------------------------------------------------------------------
     trainable = TrainableVectors(embedding.vectors).to(accelerator.device)
@@ -153,53 +109,26 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
     encoder = PromptEncoder(model.tokenizer, model.text_encoder, {**others, cfg.name: raw_trainable.vectors})
 
     def compute_loss(batch, prompts):
-        latents = batch.latents.to(accelerator.device)
-        noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=generator).to(latents.device)
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        def predict(noisy, timesteps):
+            with accelerator.autocast():
+                return model.unet(noisy, timesteps, encoder(prompts)).sample
+
         vectors = trainable()  # through the (possibly DDP-wrapped) module, so gradients are synchronised
-        with accelerator.autocast():
-            cond = encoder(prompts)
-            prediction = model.unet(noisy, timesteps, cond).sample
-        if noise_scheduler.config.prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        loss = F.mse_loss(prediction.float(), target.float(), reduction="none")
-        if batch.weights is not None:
-            loss = loss * batch.weights.to(loss.device)
         # A prompt without the embedding (a template line with no [name]) still gives the vectors a (zero)
         # gradient, so backward works and every data-parallel process joins the gradient all-reduce.
-        return loss.mean() + 0.0 * vectors.sum()
-
-    def batch_stream():
-        epoch = 0
-        while True:
-            for epoch_step, batch in enumerate(dataset.epoch(cfg.batch_size, rng, generator,
-                                                             accelerator.process_index,
-                                                             accelerator.num_processes)):
-                yield epoch, epoch_step, batch
-            epoch += 1
+        return denoising_loss(noise_scheduler, batch, generator, accelerator.device, predict) + 0.0 * vectors.sum()
 
     def current_embedding(vectors, step):
         return Embedding(cfg.name, vectors.detach().float().cpu().clone(), step, model.checkpoint_hash,
                          model.name)
 
     # --- loop --------------------------------------------------------------------------------------------
-    csv_file = csv_writer = None
-    if log_dir is not None:
-        csv_path = log_dir / "textual_inversion_loss.csv"
-        new_file = not csv_path.exists()
-        csv_file = open(csv_path, "a", newline="", encoding="utf-8")
-        csv_writer = csv.writer(csv_file)
-        if new_file:
-            csv_writer.writerow(["step", "epoch", "epoch_step", "loss", "learn_rate"])
+    loss_csv = LossCsv(log_dir / "textual_inversion_loss.csv", cfg.loss_csv_every) if log_dir is not None else None
 
     step = start_step
     last_good = raw_trainable.vectors.detach().clone()
     status, error = "finished", None
-    stream = batch_stream()
+    stream = batch_stream(dataset, cfg.batch_size, rng, generator, accelerator)
     started = time.perf_counter()
     last_prompt = ""
     emit({"type": "start", "step": step, "max_steps": cfg.steps, "dataset_size": len(dataset)})
@@ -248,10 +177,8 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
                   "it_per_s": (step - start_step) / elapsed if elapsed > 0 else 0.0})
             if not is_main:
                 continue
-            if csv_writer is not None:
-                csv_writer.writerow([step, epoch, epoch_step, f"{loss_total:.7f}", lr])
-                if cfg.loss_csv_every and step % cfg.loss_csv_every == 0:
-                    csv_file.flush()
+            if loss_csv is not None:
+                loss_csv.write(step, epoch, epoch_step, loss_total, lr)
             if log_dir is not None and cfg.save_every and step % cfg.save_every == 0:
                 path = log_dir / "embeddings" / f"{cfg.name}-{step}.pt"
                 save_embedding(current_embedding(last_good, step), path)
@@ -261,8 +188,8 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
     except Exception as e:  # noqa: BLE001 - reported truthfully below, after saving the last good vectors
         status, error = "failed", e
     finally:
-        if csv_file is not None:
-            csv_file.close()
+        if loss_csv is not None:
+            loss_csv.close()
 
     # --- save what was learned -----------------------------------------------------------------------------
     final_path = None
@@ -279,27 +206,10 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
               + ("identical on every process." if in_sync else "DIFFER between processes.")})
     accelerator.wait_for_everyone()
     saved = f"Embedding saved to {final_path}." if step > start_step else "No steps were made, nothing saved."
-    if status == "finished":
-        message = f"Training finished at {step} steps. {saved}"
-    elif status == "interrupted":
-        message = f"Training interrupted at {step} steps. {saved}"
-    elif status == "nan":
-        message = (f"Training stopped at step {step + 1}: the loss became NaN or infinite (try a lower "
-                   f"learning rate). The last finite embedding, from step {step}, was kept. {saved}")
-    else:
-        message = f"Training failed at step {step + 1}: {error.__class__.__name__}: {error}. {saved}"
+    message = end_message(status, step, saved, error)
     emit({"type": "end", "status": status, "message": message, "step": step})
     return TrainResult(status, step, message, str(final_path) if final_path else None,
                        str(log_dir) if log_dir else None, warnings)
-
-
-def preview_params(cfg: TrainConfig, caption: str) -> Txt2ImgParams:
-    """The reference's default preview (the batch's first caption, 20 steps, CFG 7, random seed, training
-    size) unless the user asked for the txt2img tab's parameters."""
-    p = cfg.preview or PreviewSettings()
-    return validate_params(Txt2ImgParams(
-        prompt=p.prompt or caption, negative_prompt=p.negative_prompt, sampler=p.sampler, steps=p.steps,
-        cfg_scale=p.cfg_scale, seed=p.seed, width=p.width or cfg.width, height=p.height or cfg.height))
 
 
 def make_preview(model, cfg: TrainConfig, embedding: Embedding, others, caption: str, log_dir: Path, emit):

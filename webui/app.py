@@ -7,7 +7,7 @@ re-attaches to a running job.
 import gradio as gr
 
 from trainer.errors import UserError
-from trainer.prompt_view import describe_prompt
+from trainer.prompt_view import describe_prompt, names_in_prompt
 from trainer.train_config import PreviewSettings, TrainConfig
 
 from . import create_embedding_tab, job_view, output_column, preprocess_tab, train_tab, txt2img_tab
@@ -162,17 +162,21 @@ def build_app(ws) -> gr.Blocks:
         def generate(*values):
             from trainer.sampling import txt2img
 
+            loaded, skipped = ws.embeddings()
+            notes = [f"Embedding **{name}** was not used: {skipped[name][1]}."
+                     for name in names_in_prompt(values[0] or "", list(skipped)) if name not in loaded]
             try:
-                results = txt2img(ws.model, txt2img_tab.params_from_values(*values), ws.embedding_vectors())
+                results = txt2img(ws.model, txt2img_tab.params_from_values(*values),
+                                  {name: e.vectors for name, e in loaded.items()})
             except UserError as e:
                 return gr.skip(), gr.skip(), f"**Error:** {e}"
-            return [(r.image, f"seed {r.seed}") for r in results], results[0].infotext, ""
+            return [(r.image, f"seed {r.seed}") for r in results], results[0].infotext, "\n\n".join(notes)
 
         t2i.generate.click(generate, t2i.params, [t2i.gallery, t2i.infotext, t2i.error])
         t2i.random_seed.click(lambda: -1, None, t2i.seed)
 
         def prompt_changed(prompt, steps, follow_training):
-            parsed = prompt_html(describe_prompt(prompt or "", int(steps), embedding_counts()))
+            parsed = prompt_html(describe_prompt(prompt or "", int(steps), embedding_counts()), "Parsed prompt")
             counter = token_counter_html(ws, prompt or "")
             train_view = parsed if follow_training and not _running(ws) else gr.skip()
             return parsed, counter, train_view

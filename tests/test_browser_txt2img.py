@@ -1,0 +1,51 @@
+"""The txt2img tab in Chromium: the prompt as parsed while typing, the token counter, Generate, infotext."""
+import time
+
+import pytest
+
+from helpers_browser import ROOT, browser_page, fill, require_chromium, served_app
+from trainer.embeddings import create_embedding
+from trainer.workspace import Folders, Workspace
+
+pytestmark = pytest.mark.browser
+
+
+def wait_for(condition, timeout=60, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_type_a_prompt_see_it_parsed_and_generate(tmp_path):
+    require_chromium()
+    folders = Folders(ckpt_dir=tmp_path / "ckpt", embeddings_dir=tmp_path / "embeddings",
+                      hypernetwork_dir=tmp_path / "hn", templates_dir=ROOT / "textual_inversion_templates")
+    ws = Workspace(folders, "cpu")
+    model = ws.model
+    create_embedding(model.tokenizer, model.text_encoder, "my-style", num_vectors=3,
+                     embeddings_dir=folders.embeddings_dir, checkpoint_hash=model.checkpoint_hash)
+    with served_app(ws) as demo, browser_page(demo.local_url) as page:
+        page.get_by_role("tab", name="txt2img", exact=True).click()
+        fill(page, "txt2img_prompt", "a ((castle)) in [fog:rain:0.5], my-style")
+        parsed = page.locator("#txt2img_parsed_prompt")
+        wait_for(lambda: parsed.locator(".seg").count() >= 3, what="parsed segments")
+        text = parsed.inner_text()
+        assert "steps 1–10:" in text and "steps 11–20:" in text  # the edit switches at half of 20 steps
+        assert "1.21" in text  # ((castle))
+        assert parsed.locator(".seg.emb").first.inner_text().startswith("my-style")
+        assert "emb\xa03v" in parsed.locator(".seg.emb").first.inner_text()  # 3 vectors
+        wait_for(lambda: page.locator("#txt2img_token_counter").inner_text().strip().endswith("/75"),
+                 what="token counter")
+        fill(page, "txt2img_steps", 3)
+        for elem_id in ("txt2img_width", "txt2img_height"):
+            fill(page, elem_id, 64)
+        fill(page, "txt2img_seed", 7)
+        page.locator("#txt2img_generate").click()
+        wait_for(lambda: page.locator("#txt2img_gallery img").count() >= 1, what="an image")
+        infotext = page.locator("#txt2img_infotext textarea").input_value()
+        assert infotext.startswith("a ((castle)) in [fog:rain:0.5], my-style\nSteps: 3, Sampler: Euler a")
+        assert "Seed: 7" in infotext and "Size: 64x64" in infotext
+        page.screenshot(path="/tmp/ti-txt2img.png", full_page=True)
