@@ -90,16 +90,17 @@ def test_create_train_preview_interrupt_and_resume(tmp_path):
         assert saved.step == stopped_at > 0
         page.screenshot(path="/tmp/ti-after-interrupt.png", full_page=True)
 
-        # Train again (the page was reloaded: fill the form anew); it resumes from the saved step
-        page.locator("#train_embedding input").click()
-        page.get_by_role("option", name="browser-cat").click()
-        fill(page, "train_dataset_directory", data)
+        # Train again: the reloaded page's form is empty, so load the saved settings back into it
         fill(page, "train_log_directory", tmp_path / "logs")
+        page.locator("#train_settings_file input").click()
+        page.get_by_role("option").first.click()
+        page.locator("#train_load_settings").click()
+        wait_for(lambda: "Loaded settings" in page.locator("#ti_output textarea").input_value(), what="loaded")
+        assert page.locator("#train_dataset_directory textarea").input_value() == str(data)
+        assert page.locator("#train_create_image_every input").input_value() == "3"
+        assert page.locator("#train_embedding input").input_value() == "browser-cat"
         fill(page, "train_steps", stopped_at + 4)
         fill(page, "train_create_image_every", 0)
-        fill(page, "train_save_embedding_every", 0)
-        for elem_id in ("train_training_width", "train_training_height"):
-            fill(page, elem_id, 64)
         page.locator("#train_train_embedding").click()
         wait_for(lambda: f"Training finished at {stopped_at + 4} steps" in
                  page.locator("#ti_output textarea").input_value(), what="finished message")

@@ -3,6 +3,8 @@
     python -m trainer create-embedding --name N [--init-text T] [--vectors K] [--overwrite]
     python -m trainer train-embedding --name N --dataset DIR [...]
     python -m trainer list-embeddings [--json]
+    python -m trainer create-hypernetwork --name N [--sizes 768,320,640,1280] [--layer-structure "1, 2, 1"] [...]
+    python -m trainer train-hypernetwork --name N --dataset DIR [... as train-embedding] [--hypernetwork-dir D]
     python -m trainer txt2img --prompt P [...]
 
 Errors are one line on stderr and exit code 2; Ctrl-C during training interrupts and saves (exit code 130).
@@ -43,6 +45,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train-embedding", help="train an embedding on a folder of images",
                             argument_default=argparse.SUPPRESS)  # unset flags fall back to --settings, then defaults
+    add_training_arguments(p, "0.005")
+    add_common(p)
+
+    p = commands.add_parser("list-embeddings", help="list the embeddings the model can use, and the skipped ones")
+    p.add_argument("--json", action="store_true")
+    add_common(p)
+
+    p = commands.add_parser("create-hypernetwork", help="create a hypernetwork with fresh weights")
+    p.add_argument("--name", required=True)
+    p.add_argument("--sizes", default=None,
+                   help="module sizes, comma-separated (default: the model's text width and attention widths, "
+                        "768,320,640,1280 on SD 1.x)")
+    p.add_argument("--layer-structure", default="1, 2, 1", help='relative layer widths, first and last 1')
+    p.add_argument("--activation", default="linear", help="linear, relu, leakyrelu, elu, swish (Hardswish), "
+                                                           "silu, tanh, sigmoid, ...")
+    p.add_argument("--init", default="Normal", help="Normal, KaimingUniform, KaimingNormal, XavierUniform, XavierNormal")
+    p.add_argument("--layer-norm", action="store_true")
+    p.add_argument("--dropout", default=None, help='dropout structure like "0, 0.1, 0" (turns dropout on)')
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=None, help="seed for the initial weights")
+    p.add_argument("--hypernetwork-dir", default="models/hypernetworks")
+    add_common(p, embeddings=False)
+
+    p = commands.add_parser("train-hypernetwork", help="train a hypernetwork on a folder of images",
+                            argument_default=argparse.SUPPRESS)
+    add_training_arguments(p, "0.00001")
+    p.add_argument("--hypernetwork-dir", default="models/hypernetworks")
+    add_common(p)
+
+    p = commands.add_parser("txt2img", help="generate an image")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--sampler", default="Euler a")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg-scale", type=float, default=7.0)
+    p.add_argument("--seed", type=int, default=-1)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--batch-count", type=int, default=1)
+    p.add_argument("--out", default="outputs/txt2img.png")
+    p.add_argument("--hypernetwork-dir", default="models/hypernetworks")
+    add_common(p)
+    return parser
+
+
+def add_training_arguments(p, default_learn_rate: str):
+    """The flags train-embedding and train-hypernetwork share (the Train subtab's controls)."""
     p.add_argument("--name", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--settings", help="a settings-*.json written by an earlier run; flags given here win")
@@ -50,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", help="file in --templates-dir (default: style_filewords.txt) or a path")
     p.add_argument("--templates-dir", "--textual-inversion-templates-dir", dest="templates_dir",
                    default="textual_inversion_templates")
-    p.add_argument("--learn-rate", help='rate or schedule like "0.005" (default) or "0.05:100, 0.005"')
+    p.add_argument("--learn-rate", help=f'rate or schedule like "{default_learn_rate}" (default) or '
+                                        f'"0.05:100, 0.005"')
     p.add_argument("--batch-size", type=int)
     p.add_argument("--grad-accum", type=int)
     p.add_argument("--width", type=int)
@@ -75,26 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview-seed", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--quiet", action="store_true", default=False)
-    add_common(p)
-
-    p = commands.add_parser("list-embeddings", help="list the embeddings the model can use, and the skipped ones")
-    p.add_argument("--json", action="store_true")
-    add_common(p)
-
-    p = commands.add_parser("txt2img", help="generate an image")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--sampler", default="Euler a")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--cfg-scale", type=float, default=7.0)
-    p.add_argument("--seed", type=int, default=-1)
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--batch-count", type=int, default=1)
-    p.add_argument("--out", default="outputs/txt2img.png")
-    p.add_argument("--hypernetwork-dir", default="models/hypernetworks")
-    add_common(p)
-    return parser
 
 
 def make_workspace(args):
@@ -102,7 +132,8 @@ def make_workspace(args):
 
     from .workspace import Folders, Workspace
 
-    folders = Folders(ckpt_dir=Path(args.ckpt_dir), embeddings_dir=Path(getattr(args, "embeddings_dir", "embeddings")))
+    folders = Folders(ckpt_dir=Path(args.ckpt_dir), embeddings_dir=Path(getattr(args, "embeddings_dir", "embeddings")),
+                      hypernetwork_dir=Path(getattr(args, "hypernetwork_dir", "models/hypernetworks")))
     workspace = Workspace(folders, args.device)
     workspace.load_model(args.model)
     return workspace
@@ -126,11 +157,14 @@ CONFIG_FIELDS = ("name", "dataset", "log_dir", "template", "learn_rate", "batch_
                  "shuffle_tags", "tag_dropout", "latent_sampling", "clip_grad_mode", "clip_grad_value", "seed")
 
 
-def train_config_from_args(args):
-    """Defaults, overridden by --settings, overridden by the flags actually given."""
+def train_config_from_args(args, default_learn_rate: str | None = None):
+    """Defaults (`default_learn_rate` for the learning rate when given), overridden by --settings, overridden by
+    the flags actually given."""
     from .train_config import PreviewSettings, TrainConfig
 
-    values = TrainConfig.load(args.settings).to_json() if getattr(args, "settings", None) else {}
+    values = {"learn_rate": default_learn_rate} if default_learn_rate else {}
+    if getattr(args, "settings", None):
+        values.update(TrainConfig.load(args.settings).to_json())
     given = vars(args)
     values.update({key: given[key] for key in CONFIG_FIELDS if key in given})
     values["model"] = args.model
@@ -143,12 +177,13 @@ def train_config_from_args(args):
     return TrainConfig.from_json(values)
 
 
-def cmd_train_embedding(args):
+def run_training(args, cfg, train):
+    """Shared by train-embedding and train-hypernetwork: accelerator, workspace, Ctrl-C, printing the result.
+    `train(workspace, progress, should_stop, accelerator)` runs the loop and returns its TrainResult."""
     from .cli_progress import ConsoleProgress
-    from .textual_inversion import make_accelerator, train_embedding
+    from .training_common import make_accelerator
     from .workspace import best_device
 
-    cfg = train_config_from_args(args)
     cfg.validate()
     accelerator = make_accelerator(args.device or best_device(), cfg.grad_accum)
     args.device = str(accelerator.device)
@@ -157,9 +192,7 @@ def cmd_train_embedding(args):
     previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: stop, save, exit 130
     progress = ConsoleProgress(enabled=not args.quiet and accelerator.is_main_process)
     try:
-        result = train_embedding(ws.model, cfg, ws.folders.embeddings_dir, args.templates_dir,
-                                 other_embeddings=ws.embedding_vectors(), progress=progress,
-                                 should_stop=stop.is_set, accelerator=accelerator)
+        result = train(ws, progress, stop.is_set, accelerator)
     finally:
         signal.signal(signal.SIGINT, previous_handler)
     if accelerator.is_main_process:
@@ -167,6 +200,45 @@ def cmd_train_embedding(args):
             print(f"Warning: {warning}", file=sys.stderr)
         print(result.message)
     return {"finished": 0, "interrupted": 130}.get(result.status, 1)
+
+
+def cmd_train_embedding(args):
+    from .textual_inversion import train_embedding
+
+    def train(ws, progress, should_stop, accelerator):
+        return train_embedding(ws.model, cfg, ws.folders.embeddings_dir, args.templates_dir,
+                               other_embeddings=ws.embedding_vectors(), progress=progress,
+                               should_stop=should_stop, accelerator=accelerator)
+
+    cfg = train_config_from_args(args)
+    return run_training(args, cfg, train)
+
+
+def cmd_create_hypernetwork(args):
+    from .hypernetwork import create_hypernetwork, default_sizes
+
+    ws = make_workspace(args)
+    model = ws.model
+    path = create_hypernetwork(
+        args.name, args.sizes if args.sizes else default_sizes(model), layer_structure=args.layer_structure,
+        activation=args.activation, weight_init=args.init, layer_norm=args.layer_norm,
+        use_dropout=args.dropout is not None, dropout_structure=args.dropout, overwrite=args.overwrite,
+        hypernetwork_dir=ws.folders.hypernetwork_dir, checkpoint_hash=model.checkpoint_hash,
+        checkpoint_name=model.name, seed=args.seed)
+    print(f"Created: {path}")
+    return 0
+
+
+def cmd_train_hypernetwork(args):
+    from .hypernetwork_training import DEFAULT_LEARN_RATE, train_hypernetwork
+
+    def train(ws, progress, should_stop, accelerator):
+        return train_hypernetwork(ws.model, cfg, ws.folders.hypernetwork_dir, args.templates_dir,
+                                  embeddings=ws.embedding_vectors(), progress=progress, should_stop=should_stop,
+                                  accelerator=accelerator)
+
+    cfg = train_config_from_args(args, DEFAULT_LEARN_RATE)
+    return run_training(args, cfg, train)
 
 
 def cmd_list_embeddings(args):
@@ -195,7 +267,7 @@ def cmd_txt2img(args):
     ws = make_workspace(args)
     params = Txt2ImgParams(args.prompt, args.negative_prompt, args.sampler, args.steps, args.cfg_scale, args.seed,
                            args.width, args.height, args.batch_count)
-    results = txt2img(ws.model, params, ws.embedding_vectors())
+    results = txt2img(ws.model, params, ws.embedding_vectors(), hypernetworks=ws.hypernetwork_library())
     out = Path(args.out)
     for i, (image, infotext, seed) in enumerate(results):
         path = out if len(results) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
@@ -208,6 +280,8 @@ COMMANDS = {
     "create-embedding": cmd_create_embedding,
     "train-embedding": cmd_train_embedding,
     "list-embeddings": cmd_list_embeddings,
+    "create-hypernetwork": cmd_create_hypernetwork,
+    "train-hypernetwork": cmd_train_hypernetwork,
     "txt2img": cmd_txt2img,
 }
 

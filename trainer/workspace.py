@@ -37,6 +37,7 @@ class Workspace:
         self.runner = JobRunner()
         self._model = None
         self._model_lock = threading.Lock()
+        self._hypernetwork_library = None
 
     # --- model ---------------------------------------------------------------------------------------------
     @property
@@ -73,6 +74,22 @@ class Workspace:
         loaded, _ = self.embeddings()
         return {name: e.vectors for name, e in loaded.items()}
 
+    # --- hypernetworks -------------------------------------------------------------------------------------
+    def hypernetworks(self) -> list:
+        """Names of the hypernetworks in the folder (files are not opened), sorted as the reference lists them."""
+        from .hypernetwork import list_hypernetworks
+
+        return list(list_hypernetworks(self.folders.hypernetwork_dir))
+
+    def hypernetwork_library(self):
+        """The hypernetworks folder as a mapping name -> Hypernetwork (loaded once, reloaded when a file changes),
+        for `<hypernet:name:multiplier>` in prompts."""
+        from .hypernetwork import HypernetworkFolder
+
+        if self._hypernetwork_library is None or self._hypernetwork_library.folder != Path(self.folders.hypernetwork_dir):
+            self._hypernetwork_library = HypernetworkFolder(self.folders.hypernetwork_dir)
+        return self._hypernetwork_library
+
     def templates(self) -> list:
         folder = self.folders.templates_dir
         if not folder.is_dir():
@@ -94,6 +111,23 @@ class Workspace:
                                    should_stop=job.stop.is_set)
 
         return self.runner.start("train-embedding", f"Training embedding {cfg.name}", work)
+
+    def start_hypernetwork_training(self, cfg):
+        """Start training a hypernetwork in the background job; refused (UserError) while another job runs."""
+        from .hypernetwork_training import train_hypernetwork
+
+        if not cfg.name:
+            raise UserError("Choose a hypernetwork to train (create one in the Create hypernetwork tab).")
+        cfg.validate()
+        model = self.model
+        cfg.model = model.name
+
+        def work(job):
+            return train_hypernetwork(model, cfg, self.folders.hypernetwork_dir, self.folders.templates_dir,
+                                      embeddings=self.embedding_vectors(), progress=job.report,
+                                      should_stop=job.stop.is_set)
+
+        return self.runner.start("train-hypernetwork", f"Training hypernetwork {cfg.name}", work)
 
     def start_preprocess(self, config):
         """Run preprocess.run_preprocess as the background job (image i/N progress, Interrupt after an image)."""
