@@ -11,17 +11,6 @@ from trainer.errors import UserError
 BLIP_SETTINGS = dict(beams=1, min_length=4, max_length=10)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A tiny model gains nothing from threads, and on a busy 2-core machine thread hand-offs cost 30×."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_blip(tmp_path_factory):
     return make_tiny_blip(tmp_path_factory.mktemp("blip") / "tiny-blip")

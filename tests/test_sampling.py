@@ -1,7 +1,5 @@
 """txt2img over the demo model: samplers by name, seeds, prompt features, infotext files."""
 import dataclasses
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -11,37 +9,11 @@ from trainer.demo import build_demo_components
 from trainer.errors import UserError
 from trainer.sd_model import SDModel
 
-try:
-    import trainer.conditioning  # noqa: F401
-    REAL_ENCODER = True
-except ImportError:  # stand-in until trainer/conditioning.py lands: plain CLIP encoding, no emphasis/embeddings
-    REAL_ENCODER = False
-
-    class _StandInPromptEncoder:
-        def __init__(self, tokenizer, text_encoder, embeddings={}, clip_skip=1):
-            self.tokenizer, self.text_encoder = tokenizer, text_encoder
-
-        def __call__(self, prompts):
-            ids = self.tokenizer(list(prompts), padding="max_length", max_length=77, truncation=True,
-                                 return_tensors="pt").input_ids
-            return self.text_encoder(ids).last_hidden_state
-
-    sys.modules["trainer.conditioning"] = types.SimpleNamespace(PromptEncoder=_StandInPromptEncoder)
-
-from trainer.sampling import (  # noqa: E402
+from trainer.sampling import (
     SAMPLERS, ConditioningPlan, Txt2ImgParams, combine_guidance, format_infotext, read_infotext,
     save_png_with_infotext, text_at_step, txt2img, validate_params,
 )
-from trainer.samplers import make_scheduler  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one thread is as fast, and 2-thread OpenMP crawls when other processes share the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from trainer.samplers import make_scheduler
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +187,6 @@ def test_each_distinct_text_is_encoded_once(model, monkeypatch):
     assert calls == [["", "red ball", "blue ball"]]
 
 
-@pytest.mark.skipif(not REAL_ENCODER, reason="needs trainer.conditioning (embeddings, clip skip)")
 def test_embeddings_and_clip_skip_reach_the_image(model):
     base = generate(model, prompt="a photo of mystyle")
     vectors = torch.randn(2, model.text_width, generator=torch.Generator().manual_seed(0))

@@ -10,9 +10,7 @@ import contextlib
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import safetensors
 import safetensors.torch

@@ -1,7 +1,7 @@
 """The training settings: one plain object shared by the CLI, the UI and the settings JSON."""
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError

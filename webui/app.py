@@ -10,7 +10,7 @@ from trainer.errors import UserError
 from trainer.prompt_view import describe_prompt, names_in_prompt
 from trainer.train_config import PreviewSettings, TrainConfig
 
-from . import create_embedding_tab, job_view, output_column, preprocess_tab, train_tab, txt2img_tab
+from . import create_embedding_tab, create_hypernetwork_tab, job_view, output_column, preprocess_tab, train_tab, txt2img_tab
 from .prompt_html import prompt_html
 
 JOB_POLL_SECONDS = 1.0
@@ -33,6 +33,8 @@ def build_app(ws) -> gr.Blocks:
                         with gr.Tabs():
                             with gr.Tab("Create embedding", id="create_embedding"):
                                 ce = create_embedding_tab.build()
+                            with gr.Tab("Create hypernetwork", id="create_hypernetwork"):
+                                ch = create_hypernetwork_tab.build(ws)
                             with gr.Tab("Preprocess images", id="preprocess_images"):
                                 pp = preprocess_tab.build()
                             with gr.Tab("Train", id="train_embedding"):
@@ -42,6 +44,7 @@ def build_app(ws) -> gr.Blocks:
         timer = gr.Timer(JOB_POLL_SECONDS, active=False)
         seen = gr.State(None)  # what this page already shows, so unchanged parts are not re-sent
         preprocess_tab.wire(ws, pp, out, timer)
+        create_hypernetwork_tab.wire(ws, ch, out, tr, model_status, demo)
 
         # --- helpers ------------------------------------------------------------------------------------
         def embedding_choices(value=None):
@@ -113,24 +116,30 @@ def build_app(ws) -> gr.Blocks:
         form_components = [component for _, component in tr.form]
         form_keys = [key for key, _ in tr.form]
 
-        def start_training(*values):
-            form, t2i_values = values[:len(form_keys)], values[len(form_keys):]
-            use_txt2img = t2i_values[0]
+        def start_training(kind, values):
+            """Train Embedding / Train Hypernetwork: the same form; the name and rate come from their own boxes."""
+            form, extra = values[:len(form_keys)], values[len(form_keys):]
+            hypernetwork, hypernetwork_rate, use_txt2img, *t2i_values = extra
             preview = None
             if use_txt2img:
-                p = txt2img_tab.params_from_values(*t2i_values[1:])
+                p = txt2img_tab.params_from_values(*t2i_values)
                 preview = PreviewSettings(p.prompt, p.negative_prompt, p.sampler, int(p.steps), float(p.cfg_scale),
                                           int(p.seed), int(p.width), int(p.height))
+            fields = dict(zip(form_keys, form))
+            if kind == "hypernetwork":
+                fields.update(name=hypernetwork, learn_rate=hypernetwork_rate)
             try:
-                cfg = train_tab.config_from_form(dict(zip(form_keys, form)), preview)
-                job = ws.start_training(cfg)
+                cfg = train_tab.config_from_form(fields, preview)
+                job = ws.start_training(cfg) if kind == "embedding" else ws.start_hypernetwork_training(cfg)
             except UserError as e:
                 gr.Warning(str(e))
                 return gr.skip(), str(e), gr.Timer(active=_running(ws))
             return f"{job.title}...", "", gr.Timer(active=True)
 
-        tr.train.click(start_training, form_components + [tr.use_txt2img] + t2i.params,
-                       [out.output, out.error, timer])
+        train_inputs = form_components + [tr.hypernetwork, tr.hypernetwork_learn_rate, tr.use_txt2img] + t2i.params
+        tr.train.click(lambda *v: start_training("embedding", v), train_inputs, [out.output, out.error, timer])
+        tr.train_hypernetwork.click(lambda *v: start_training("hypernetwork", v), train_inputs,
+                                    [out.output, out.error, timer])
         tr.interrupt.click(lambda: "Interrupting..." if ws.runner.interrupt() else "Nothing is running.",
                            None, out.output, queue=False)
         timer.tick(render, seen, job_outputs, show_progress="hidden")
@@ -151,12 +160,19 @@ def build_app(ws) -> gr.Blocks:
             try:
                 cfg = TrainConfig.load(path)
             except UserError as e:
-                return [gr.skip()] * len(form_components) + [str(e)]
+                return [gr.skip()] * (len(form_components) + 2) + [str(e)]
             values = train_tab.form_from_config(cfg, tr.form)
-            values[0] = embedding_choices(cfg.name)
-            return values + [f"Loaded settings from {path}."]
+            name_at, rate_at = form_keys.index("name"), form_keys.index("learn_rate")
+            hypernetwork_values = [gr.skip(), gr.skip()]
+            if train_tab.settings_kind(path) == "hypernetwork":  # its name and rate go to the hypernetwork boxes
+                hypernetwork_values = [gr.Dropdown(choices=ws.hypernetworks(), value=cfg.name), cfg.learn_rate]
+                values[name_at] = values[rate_at] = gr.skip()
+            else:
+                values[name_at] = embedding_choices(cfg.name)
+            return values + hypernetwork_values + [f"Loaded settings from {path}."]
 
-        tr.load_settings.click(load_settings, tr.settings_file, form_components + [out.output])
+        tr.load_settings.click(load_settings, tr.settings_file,
+                               form_components + [tr.hypernetwork, tr.hypernetwork_learn_rate, out.output])
 
         # --- txt2img ------------------------------------------------------------------------------------
         def generate(*values):
@@ -167,7 +183,8 @@ def build_app(ws) -> gr.Blocks:
                      for name in names_in_prompt(values[0] or "", list(skipped)) if name not in loaded]
             try:
                 results = txt2img(ws.model, txt2img_tab.params_from_values(*values),
-                                  {name: e.vectors for name, e in loaded.items()})
+                                  {name: e.vectors for name, e in loaded.items()},
+                                  hypernetworks=ws.hypernetwork_library())
             except UserError as e:
                 return gr.skip(), gr.skip(), f"**Error:** {e}"
             return [(r.image, f"seed {r.seed}") for r in results], results[0].infotext, "\n\n".join(notes)

@@ -1,4 +1,4 @@
-"""Train > Train: every control of the reference's Train subtab that concerns embeddings."""
+"""Train > Train: every control of the reference's Train subtab (embeddings and hypernetworks share the form)."""
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,8 +16,15 @@ def build(ws) -> SimpleNamespace:
         c.embedding = gr.Dropdown(label="Embedding", choices=loaded, value=None, elem_id="train_embedding",
                                   scale=4)
         c.refresh_embeddings = gr.Button("↻", elem_id="train_embedding_refresh", scale=0, min_width=40)
-    c.learn_rate = gr.Textbox(label="Embedding Learning rate", value="0.005", placeholder="Embedding Learning rate",
-                              elem_id="train_embedding_learn_rate")
+        c.hypernetwork = gr.Dropdown(label="Hypernetwork", choices=ws.hypernetworks(), value=None,
+                                     elem_id="train_hypernetwork", scale=4)
+        c.refresh_hypernetworks = gr.Button("↻", elem_id="train_hypernetwork_refresh", scale=0, min_width=40)
+    with gr.Row():
+        c.learn_rate = gr.Textbox(label="Embedding Learning rate", value="0.005",
+                                  placeholder="Embedding Learning rate", elem_id="train_embedding_learn_rate")
+        c.hypernetwork_learn_rate = gr.Textbox(label="Hypernetwork Learning rate", value="0.00001",
+                                               placeholder="Hypernetwork Learning rate",
+                                               elem_id="train_hypernetwork_learn_rate")
     with gr.Row():
         c.clip_grad_mode = gr.Dropdown(label="Gradient Clipping", choices=["disabled", "value", "norm"],
                                        value="disabled", elem_id="train_clip_grad_mode")
@@ -65,6 +72,7 @@ def build(ws) -> SimpleNamespace:
     with gr.Row():
         c.interrupt = gr.Button("Interrupt", elem_id="train_interrupt_training")
         c.train = gr.Button("Train Embedding", variant="primary", elem_id="train_train_embedding")
+        c.train_hypernetwork = gr.Button("Train Hypernetwork", variant="primary", elem_id="train_train_hypernetwork")
     c.form = [  # (TrainConfig field, component), in the order handlers receive their values
         ("name", c.embedding), ("learn_rate", c.learn_rate), ("clip_grad_mode", c.clip_grad_mode),
         ("clip_grad_value", c.clip_grad_value), ("batch_size", c.batch_size), ("grad_accum", c.grad_accum),
@@ -92,6 +100,16 @@ def config_from_form(values: dict, preview: PreviewSettings | None) -> TrainConf
 
 def form_from_config(cfg: TrainConfig, form) -> list:
     return [getattr(cfg, key) for key, _ in form]
+
+
+def settings_kind(path) -> str:
+    """"hypernetwork" for settings written by hypernetwork training, else "embedding"."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8")).get("kind") or "embedding"
+    except (OSError, ValueError, AttributeError):
+        return "embedding"
 
 
 def settings_files(log_dir: str) -> list:

@@ -1,0 +1,89 @@
+"""The page in Chromium: create a hypernetwork, train it a few steps with previews, see loss and images arrive."""
+import re
+import time
+
+import pytest
+
+from helpers_browser import ROOT, browser_page, fill, open_train_subtab, require_chromium, served_app
+from helpers_images import make_dataset
+from trainer.hypernetwork import read_hypernetwork
+from trainer.workspace import Folders, Workspace
+
+pytestmark = pytest.mark.browser
+
+
+def wait_for(condition, timeout=90, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def output_text(page):
+    return page.locator("#ti_output textarea").input_value()
+
+
+def test_create_and_train_a_hypernetwork_with_previews(tmp_path):
+    require_chromium()
+    data = make_dataset(tmp_path / "data", size=(64, 64))
+    folders = Folders(ckpt_dir=tmp_path / "ckpt", embeddings_dir=tmp_path / "embeddings",
+                      hypernetwork_dir=tmp_path / "hn", templates_dir=ROOT / "textual_inversion_templates")
+    ws = Workspace(folders, "cpu")
+    with served_app(ws) as demo, browser_page(demo.local_url) as page:
+        # The subtabs in the reference's order
+        page.get_by_role("tab", name="Train", exact=True).first.click()
+        names = [t.strip() for t in page.get_by_role("tab").all_inner_texts()]
+        assert names.index("Create embedding") < names.index("Create hypernetwork") < names.index("Preprocess images")
+
+        # Create hypernetwork: the demo model's widths (text 32, attention 64) are the ticked modules
+        open_train_subtab(page, "Create hypernetwork")
+        sizes = page.locator("#train_new_hypernetwork_sizes")
+
+        def size_box(size):
+            return sizes.get_by_role("checkbox", name=size, exact=True)
+
+        assert size_box("32").is_checked() and size_box("64").is_checked() and not size_box("768").is_checked()
+        fill(page, "train_new_hypernetwork_name", "browser-hn")
+        fill(page, "train_new_hypernetwork_layer_structure", "1, 1.5, 1")
+        page.locator("#train_new_hypernetwork_add_layer_norm input").check()
+        page.locator("#train_create_hypernetwork").click()
+        wait_for(lambda: "Created:" in output_text(page), what="Created:")
+        created = read_hypernetwork(tmp_path / "hn" / "browser-hn.pt")
+        assert created.sizes == [32, 64] and created.layer_structure == [1, 1.5, 1] and created.layer_norm
+
+        # A second create without Overwrite is refused with a sentence
+        page.locator("#train_create_hypernetwork").click()
+        wait_for(lambda: "exists" in page.locator("#ti_error").inner_text(), what="refusal")
+
+        # Train it with previews every 3 steps through the shared Train subtab
+        open_train_subtab(page, "Train")
+        assert page.locator("#train_hypernetwork_learn_rate textarea, #train_hypernetwork_learn_rate input") \
+            .first.input_value() == "0.00001"
+        page.locator("#train_hypernetwork input").click()
+        page.get_by_role("option", name="browser-hn").click()
+        fill(page, "train_hypernetwork_learn_rate", "0.0005")
+        fill(page, "train_dataset_directory", data)
+        fill(page, "train_log_directory", tmp_path / "logs")
+        fill(page, "train_steps", 6)
+        fill(page, "train_create_image_every", 3)
+        fill(page, "train_save_embedding_every", 3)
+        for elem_id in ("train_training_width", "train_training_height"):
+            fill(page, elem_id, 64)
+        page.locator("#train_train_hypernetwork").click()
+
+        wait_for(lambda: "Training finished at 6 steps" in output_text(page), what="finished message")
+        assert "Hypernetwork saved to" in output_text(page)
+        wait_for(lambda: page.locator("#ti_gallery img").count() >= 2, what="two preview images")
+        assert page.locator("#ti_loss_plot canvas, #ti_loss_plot svg").count() >= 1
+        text = page.locator("#ti_progress").inner_text()
+        assert re.search(r"Step 6/6", text) and "Loss:" in text and "hypernetwork" in text.lower()
+        page.screenshot(path=str(tmp_path / "hypernetwork-trained.png"), full_page=True)
+
+    trained = read_hypernetwork(tmp_path / "hn" / "browser-hn.pt")
+    assert trained.step == 6
+    [log] = list((tmp_path / "logs").glob("*/browser-hn"))
+    assert sorted(p.name for p in (log / "hypernetworks").iterdir()) == ["browser-hn-3.pt", "browser-hn-6.pt"]
+    assert sorted(p.name for p in (log / "images").iterdir()) == ["browser-hn-3.png", "browser-hn-6.png"]
+    assert (log / "hypernetwork_loss.csv").read_text().count("\n") == 7  # header + 6 steps
