@@ -47,6 +47,7 @@ def test_create_and_train_a_hypernetwork_with_previews(tmp_path):
         assert size_box("32").is_checked() and size_box("64").is_checked() and not size_box("768").is_checked()
         fill(page, "train_new_hypernetwork_name", "browser-hn")
         fill(page, "train_new_hypernetwork_layer_structure", "1, 1.5, 1")
+        page.keyboard.press("Escape")  # Tab moved focus into the activation dropdown, which opened its list
         page.locator("#train_new_hypernetwork_add_layer_norm input").check()
         page.locator("#train_create_hypernetwork").click()
         wait_for(lambda: "Created:" in output_text(page), what="Created:")
@@ -76,14 +77,31 @@ def test_create_and_train_a_hypernetwork_with_previews(tmp_path):
         wait_for(lambda: "Training finished at 6 steps" in output_text(page), what="finished message")
         assert "Hypernetwork saved to" in output_text(page)
         wait_for(lambda: page.locator("#ti_gallery img").count() >= 2, what="two preview images")
-        assert page.locator("#ti_loss_plot canvas, #ti_loss_plot svg").count() >= 1
+        wait_for(lambda: page.locator("#ti_loss_plot canvas, #ti_loss_plot svg").count() >= 1, what="loss chart")
+        wait_for(lambda: page.locator("#ti_parsed_prompt .hn").count() == 1, what="hypernetwork in the prompt view")
         text = page.locator("#ti_progress").inner_text()
         assert re.search(r"Step 6/6", text) and "Loss:" in text and "hypernetwork" in text.lower()
         page.screenshot(path=str(tmp_path / "hypernetwork-trained.png"), full_page=True)
 
+        # A reloaded page: the saved settings go back into the hypernetwork's boxes, and training resumes
+        page.reload()
+        open_train_subtab(page, "Train")
+        fill(page, "train_log_directory", tmp_path / "logs")
+        page.locator("#train_settings_file input").click()
+        page.get_by_role("option").first.click()
+        page.locator("#train_load_settings").click()
+        wait_for(lambda: "Loaded settings" in output_text(page), what="loaded settings")
+        assert page.locator("#train_hypernetwork input").input_value() == "browser-hn"
+        assert page.locator("#train_hypernetwork_learn_rate textarea").input_value() == "0.0005"
+        assert page.locator("#train_embedding_learn_rate textarea").input_value() == "0.005"
+        fill(page, "train_steps", 8)
+        fill(page, "train_create_image_every", 0)
+        page.locator("#train_train_hypernetwork").click()
+        wait_for(lambda: "Training finished at 8 steps" in output_text(page), what="resumed run")
+
     trained = read_hypernetwork(tmp_path / "hn" / "browser-hn.pt")
-    assert trained.step == 6
+    assert trained.step == 8
     [log] = list((tmp_path / "logs").glob("*/browser-hn"))
     assert sorted(p.name for p in (log / "hypernetworks").iterdir()) == ["browser-hn-3.pt", "browser-hn-6.pt"]
     assert sorted(p.name for p in (log / "images").iterdir()) == ["browser-hn-3.png", "browser-hn-6.png"]
-    assert (log / "hypernetwork_loss.csv").read_text().count("\n") == 7  # header + 6 steps
+    assert (log / "hypernetwork_loss.csv").read_text().count("\n") == 9  # header + 8 steps

@@ -66,7 +66,8 @@ def test_create_train_preview_interrupt_and_resume(tmp_path):
         wait_for(lambda: current_step(page) >= 6, what="steps")
         text = progress_text(page)
         assert "Loss:" in text and "it/s" in text and "ETA" in text and "Last prompt" in text
-        assert page.locator("#ti_loss_plot canvas, #ti_loss_plot svg").count() >= 1
+        # the chart is redrawn on every update: wait for a moment when it is on the page
+        wait_for(lambda: page.locator("#ti_loss_plot canvas, #ti_loss_plot svg").count() >= 1, what="loss chart")
         wait_for(lambda: page.locator("#ti_parsed_prompt .seg").count() >= 1, what="parsed preview prompt")
 
         # A second start while training is refused with a message

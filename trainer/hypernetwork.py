@@ -243,13 +243,11 @@ def parse_layer_structure(text) -> list[float]:
 def parse_dropout_structure(text, layer_structure: list[float], use_dropout: bool) -> list[float]:
     """Dropout probability per entry of the layer structure; all zero unless `use_dropout`.
 
-    With dropout on, an empty text means the reference's old default for this depth (see
-    `legacy_dropout_structure`); otherwise one number per layer-structure entry, first and last 0, each in [0, 1).
+    With dropout on: one number per layer-structure entry, first and last 0, each in [0, 1); an empty text means
+    no dropout anywhere (as in the reference).
     """
-    if not use_dropout:
+    if not use_dropout or text is None or not str(text).strip():
         return [0.0] * len(layer_structure)
-    if text is None or not str(text).strip():
-        return legacy_dropout_structure(layer_structure, True, False)
     values = _parse_numbers(text, "dropout structure", "0, 0.05, 0")
     if len(values) != len(layer_structure):
         raise UserError(f'Dropout structure "{text}" has {len(values)} numbers but the layer structure has '
@@ -434,7 +432,7 @@ def hypernetwork_from_data(data, name: str, filename: str | None = None) -> Hype
             try:
                 mlp.load_state_dict(state, strict=True)
             except RuntimeError as e:
-                first = str(e).strip().splitlines()[0][:200]
+                first = " ".join(line.strip() for line in str(e).strip().splitlines()[1:2])[:200]
                 raise HypernetworkReadError(f"module {size} does not match its layer structure ({first})") from None
             if not all(torch.isfinite(p).all() for p in mlp.parameters()):
                 raise HypernetworkReadError(f"module {size} contains NaN or infinite weights")

@@ -25,22 +25,45 @@ def names_in_prompt(prompt: str, names) -> list:
     return [name for name in names if name.lower() in found]
 
 
+_HYPERNET_TAG = re.compile(r"(<hypernet:[^>]+>)")
+
+
+def _hypernetwork_segment(tag: str) -> dict:
+    """A `<hypernet:name:multiplier>` tag: applied to the UNet, not part of the text the encoder sees."""
+    items = tag[len("<hypernet:"):-1].split(":")
+    try:
+        multiplier = float(items[1]) if len(items) > 1 and items[1].strip() else 1.0
+    except ValueError:
+        multiplier = None
+    return {"text": tag, "weight": None, "kind": "hypernetwork", "name": items[0].strip(), "multiplier": multiplier}
+
+
 def _segments(text: str, pattern, embeddings: dict) -> list:
     out = []
     for fragment, weight in parse_prompt_attention(text):
         if weight == -1:
             out.append({"text": "BREAK", "weight": None, "kind": "break"})
             continue
-        pieces = pattern.split(fragment) if pattern else [fragment]
-        for i, piece in enumerate(pieces):
-            if not piece:
-                continue
-            if i % 2:  # a captured embedding name
-                name = next(n for n in embeddings if n.lower() == piece.lower())
-                out.append({"text": piece, "weight": weight, "kind": "embedding", "name": name,
-                            "vectors": embeddings[name]})
-            else:
-                out.append({"text": piece, "weight": weight, "kind": "text"})
+        for j, part in enumerate(_HYPERNET_TAG.split(fragment)):
+            if j % 2:
+                out.append(_hypernetwork_segment(part))
+            elif part:
+                out += _text_segments(part, weight, pattern, embeddings)
+    return out
+
+
+def _text_segments(fragment: str, weight: float, pattern, embeddings: dict) -> list:
+    out = []
+    pieces = pattern.split(fragment) if pattern else [fragment]
+    for i, piece in enumerate(pieces):
+        if not piece:
+            continue
+        if i % 2:  # a captured embedding name
+            name = next(n for n in embeddings if n.lower() == piece.lower())
+            out.append({"text": piece, "weight": weight, "kind": "embedding", "name": name,
+                        "vectors": embeddings[name]})
+        else:
+            out.append({"text": piece, "weight": weight, "kind": "text"})
     return out
 
 

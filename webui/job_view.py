@@ -96,6 +96,7 @@ CSS = """
 #ti_error:not(:empty) { color: #b91c1c; }
 .parsed-prompt span.seg { border-radius: 4px; padding: 1px 3px; margin: 1px; display: inline-block; }
 .parsed-prompt span.emb { outline: 2px solid #2563eb; }
+.parsed-prompt span.hn { outline: 2px dashed #7c3aed; background: #f5f3ff; }
 .parsed-prompt span.sched { text-decoration: underline dotted; }
 .parsed-prompt sub { font-size: 70%; opacity: 0.8; }
 """

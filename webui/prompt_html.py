@@ -16,6 +16,11 @@ def weight_colour(weight: float) -> str:
 def segment_html(seg: dict) -> str:
     if seg["kind"] == "break":
         return "<span class='seg brk' title='BREAK: ends a 75-token chunk'>BREAK</span>"
+    if seg["kind"] == "hypernetwork":
+        strength = "?" if seg["multiplier"] is None else f"{seg['multiplier']:g}"
+        title = f"hypernetwork {seg['name']} at strength {strength} (applied to the UNet, not encoded as text)"
+        return (f"<span class='seg hn' title='{html.escape(title)}'>{html.escape(seg['name'])}"
+                f"<sub>hypernet&nbsp;×{strength}</sub></span>")
     text = html.escape(seg["text"]).replace(" ", "&nbsp;")
     weight = seg["weight"]
     classes = "seg emb" if seg["kind"] == "embedding" else "seg"
