@@ -13,8 +13,6 @@ the same job, chart, previews and Interrupt. What differs:
 Data parallel (`accelerate launch`): the hypernetwork runs inside the UNet rather than through a wrapped
 module's forward, so gradients are averaged over the processes explicitly before each optimizer step.
 """
-import random
-import time
 from collections import ChainMap
 from pathlib import Path
 
@@ -22,16 +20,16 @@ import torch
 from diffusers import DDPMScheduler
 
 from .conditioning import PromptEncoder
-from .dataset import build_prompt, read_template
+from .dataset import read_template
 from .errors import UserError
 from .hypernetwork import (HypernetworkFolder, HypernetworkReadError, context_widths, list_hypernetworks,
                            load_optimizer_state, read_hypernetwork, save_hypernetwork, save_optimizer_state)
 from .hypernetwork_attention import apply_hypernetworks, extract_hypernetwork_tags
 from .sampling import save_png_with_infotext, txt2img
-from .schedule import parse_schedule
 from .train_config import TrainConfig
-from .training_common import (LossCsv, TrainResult, batch_stream, build_dataset, denoising_loss, end_message,
-                              make_accelerator, prepare_log_dir, preview_params, resolve_template)
+from .training_common import (LoopParts, TrainResult, build_dataset, denoising_loss, end_message, make_accelerator,
+                              parse_schedules, prepare_log_dir, preview_params, report_data_parallel,
+                              resolve_template, restore_optimizer_state, run_training_loop, seeded_randomness)
 
 DEFAULT_LEARN_RATE = "0.00001"
 WEIGHT_DECAY = 0.01  # torch's AdamW default, which the reference uses
@@ -98,21 +96,10 @@ def train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir,
         warnings.append(f"Modules {unused} of '{cfg.name}' match no attention width of this model "
                         f"({widths}); they stay as they are.")
     start_step = hypernetwork.step or 0
-    lr_schedule = parse_schedule(cfg.learn_rate, cfg.steps, start_step, "learning rate")
-    clip_schedule = None
-    if cfg.clip_grad_mode != "disabled":
-        clip_schedule = parse_schedule(cfg.clip_grad_value, cfg.steps, start_step, "gradient clipping")
-    if cfg.preview_every:
-        preview_params(cfg, "a caption")  # bad preview settings are a sentence now, not a failure at step N
-    if start_step >= cfg.steps:
-        raise UserError(f"Hypernetwork '{cfg.name}' already has {start_step} steps, not below max steps "
-                        f"{cfg.steps}; raise Max steps to train further.")
-
+    lr_schedule, clip_schedule = parse_schedules(cfg, start_step, "Hypernetwork")
     accelerator = accelerator or make_accelerator(model.device.type, cfg.grad_accum)
     is_main = accelerator.is_main_process
-    seed = cfg.seed if cfg.seed is not None else random.randrange(2**31)
-    rng = random.Random(seed + accelerator.process_index)
-    generator = torch.Generator().manual_seed(seed + accelerator.process_index)
+    seed, rng, generator = seeded_randomness(cfg, accelerator)
     for message in warnings:
         emit({"type": "message", "text": "Warning: " + message})
     dataset = build_dataset(model, cfg, seed, emit, should_stop, warnings)
@@ -131,13 +118,7 @@ def train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir,
     params = list(hypernetwork.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr_schedule.value, weight_decay=WEIGHT_DECAY)
     if cfg.save_optimizer_state:
-        state = load_optimizer_state(path)
-        if state is not None:
-            try:
-                optimizer.load_state_dict(state)
-                emit({"type": "message", "text": "Resumed the optimizer state saved beside the hypernetwork."})
-            except (ValueError, KeyError, RuntimeError):
-                emit({"type": "message", "text": "Saved optimizer state does not match; starting it fresh."})
+        restore_optimizer_state(optimizer, load_optimizer_state(path), emit, "hypernetwork")
     optimizer = accelerator.prepare(optimizer)
     noise_scheduler = DDPMScheduler.from_config(model.scheduler_config)
     encoder = PromptEncoder(model.tokenizer, model.text_encoder, dict(embeddings or {}))
@@ -169,96 +150,40 @@ def train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir,
         hypernetwork.sd_checkpoint, hypernetwork.sd_checkpoint_name = model.checkpoint_hash, model.name
         return save_hypernetwork(hypernetwork, file_path)
 
+    def save_log_copy(weights, step):
+        return save_copy(weights, step, log_dir / "hypernetworks" / f"{cfg.name}-{step}.pt")
+
+    def preview(weights, step, caption):
+        hypernetwork.eval()  # no dropout in previews
+        try:
+            make_preview(model, cfg, hypernetwork, step, embeddings, hypernetwork_dir, caption, log_dir, emit)
+        finally:
+            hypernetwork.train()
+
     # --- loop --------------------------------------------------------------------------------------------
-    loss_csv = LossCsv(log_dir / "hypernetwork_loss.csv", cfg.loss_csv_every) if log_dir is not None else None
-    step = start_step
-    last_good = snapshot()
-    status, error = "finished", None
-    stream = batch_stream(dataset, cfg.batch_size, rng, generator, accelerator)
-    started = time.perf_counter()
-    last_prompt = ""
-    emit({"type": "start", "step": step, "max_steps": cfg.steps, "dataset_size": len(dataset)})
+    parts = LoopParts(hypernetwork, params, compute_loss, snapshot=snapshot, save_copy=save_log_copy,
+                      preview=preview,
+                      before_optimizer_step=average_gradients if accelerator.num_processes > 1 else None)
     try:
-        while step < cfg.steps:
-            lr = lr_schedule.value_at(step)
-            if lr is None:
-                break  # the schedule ran out: the reference ends training here
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_total = 0.0
-            for _ in range(cfg.grad_accum):
-                if should_stop():
-                    status = "interrupted"
-                    break
-                epoch, epoch_step, batch = next(stream)
-                prompts = [build_prompt(template_lines, cfg.name, words, rng, cfg.shuffle_tags, cfg.tag_dropout)
-                           for words in batch.filewords]
-                last_prompt = prompts[0]
-                with accelerator.accumulate(hypernetwork):
-                    loss = compute_loss(batch, prompts)
-                    if not torch.isfinite(loss):
-                        status = "nan"
-                        break
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        if accelerator.num_processes > 1:
-                            average_gradients()
-                        if clip_schedule is not None:
-                            clip_value = clip_schedule.value_at(step) or clip_schedule.value
-                            if cfg.clip_grad_mode == "value":
-                                accelerator.clip_grad_value_(params, clip_value)
-                            else:
-                                accelerator.clip_grad_norm_(params, clip_value)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                loss_total += loss.item() / cfg.grad_accum
-            if status != "finished":
-                optimizer.zero_grad(set_to_none=True)
-                break
-            if not all(torch.isfinite(param).all() for param in params):
-                status = "nan"
-                break
-            step += 1
-            last_good = snapshot()
-            elapsed = time.perf_counter() - started
-            emit({"type": "step", "step": step, "max_steps": cfg.steps, "loss": loss_total, "lr": lr,
-                  "epoch": epoch, "epoch_step": epoch_step, "prompt": last_prompt,
-                  "it_per_s": (step - start_step) / elapsed if elapsed > 0 else 0.0})
-            if not is_main:
-                continue
-            if loss_csv is not None:
-                loss_csv.write(step, epoch, epoch_step, loss_total, lr)
-            if log_dir is not None and cfg.save_every and step % cfg.save_every == 0:
-                copy_path = save_copy(last_good, step, log_dir / "hypernetworks" / f"{cfg.name}-{step}.pt")
-                emit({"type": "saved", "path": str(copy_path), "step": step})
-            if log_dir is not None and cfg.preview_every and step % cfg.preview_every == 0:
-                hypernetwork.eval()  # no dropout in previews
-                try:
-                    make_preview(model, cfg, hypernetwork, step, embeddings, hypernetwork_dir, last_prompt,
-                                 log_dir, emit)
-                finally:
-                    hypernetwork.train()
-    except Exception as e:  # noqa: BLE001 - reported truthfully below, after saving the last good weights
-        status, error = "failed", e
+        outcome = run_training_loop(
+            cfg, parts, accelerator=accelerator, optimizer=optimizer, dataset=dataset,
+            template_lines=template_lines, rng=rng, generator=generator, lr_schedule=lr_schedule,
+            clip_schedule=clip_schedule, start_step=start_step, log_dir=log_dir, csv_name="hypernetwork_loss.csv",
+            emit=emit, should_stop=should_stop)
     finally:
-        if loss_csv is not None:
-            loss_csv.close()
         hypernetwork.eval().requires_grad_(False)
+    status, step, last_good = outcome.status, outcome.step, outcome.last_good
 
     # --- save what was learned -----------------------------------------------------------------------------
     if is_main and step > start_step:
         save_copy(last_good, step, path)
         if cfg.save_optimizer_state and status in ("finished", "interrupted"):
             save_optimizer_state(path, optimizer.state_dict())
-    if accelerator.num_processes > 1:  # data parallel: every process must hold the very same weights
-        flat = torch.cat([value.flatten().float() for value in last_good.values()])
-        gathered = accelerator.gather(flat.to(accelerator.device)[None]).cpu()
-        in_sync = all(torch.equal(gathered[0], other) for other in gathered[1:])
-        emit({"type": "message", "text": f"Data parallel over {accelerator.num_processes} processes; weights "
-              + ("identical on every process." if in_sync else "DIFFER between processes.")})
+    report_data_parallel(accelerator, torch.cat([value.flatten() for value in last_good.values()]), emit,
+                         "weights")
     accelerator.wait_for_everyone()
     saved = f"Hypernetwork saved to {path}." if step > start_step else "No steps were made, nothing saved."
-    message = end_message(status, step, saved, error, what="hypernetwork")
+    message = end_message(status, step, saved, outcome.error, what="hypernetwork")
     emit({"type": "end", "status": status, "message": message, "step": step})
     return TrainResult(status, step, message, str(path) if is_main else None, str(log_dir) if log_dir else None,
                        warnings)

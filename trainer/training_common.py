@@ -1,23 +1,27 @@
-"""What the embedding and hypernetwork training loops share: result, accelerator, dataset, log folder, loss CSV,
-the endless batch stream, the denoising loss and the closing sentence.
+"""What the embedding and hypernetwork trainers share: result, accelerator, dataset, log folder, loss CSV, the
+endless batch stream, the denoising loss, the optimizer-step loop itself and the closing sentence.
 
-Each loop (`trainer.textual_inversion`, `trainer.hypernetwork_training`) still reads top to bottom; only these
-plain pieces live here.
+Each trainer (`trainer.textual_inversion`, `trainer.hypernetwork_training`) reads top to bottom: settings ->
+data -> what trains and how its loss is computed (`LoopParts`) -> `run_training_loop` -> save.
 """
 import csv
 import datetime
 import json
+import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from .dataset import TextualInversionDataset
+from .dataset import TextualInversionDataset, build_prompt
 from .errors import UserError
 from .files import atomic_write_text
 from .sampling import Txt2ImgParams, validate_params
+from .schedule import parse_schedule
 from .train_config import PreviewSettings
 
 
@@ -144,3 +148,143 @@ def end_message(status: str, step: int, saved: str, error=None, what: str = "emb
         return (f"Training stopped at step {step + 1}: the loss became NaN or infinite (try a lower "
                 f"learning rate). The last finite {what}, from step {step}, was kept. {saved}")
     return f"Training failed at step {step + 1}: {error.__class__.__name__}: {error}. {saved}"
+
+
+@dataclass
+class LoopParts:
+    """What differs between training an embedding and a hypernetwork; the loop itself is shared."""
+
+    module: torch.nn.Module  # what `accelerator.accumulate` watches
+    params: list  # the trainable tensors: clipped, and checked to stay finite
+    compute_loss: Callable  # (batch, prompts) -> loss tensor
+    snapshot: Callable  # () -> a detached copy of the trainable state ("last good")
+    save_copy: Callable  # (state, step) -> path of the copy written into the log dir
+    preview: Callable  # (state, step, caption) -> None; renders and writes a preview image
+    before_optimizer_step: Callable | None = None  # e.g. averaging gradients over processes by hand
+
+
+@dataclass
+class LoopOutcome:
+    status: str  # "finished" | "interrupted" | "failed" | "nan"
+    step: int
+    last_good: object  # the state after the last finite optimizer step
+    error: Exception | None = None
+
+
+def run_training_loop(cfg, parts: LoopParts, *, accelerator, optimizer, dataset, template_lines, rng, generator,
+                      lr_schedule, clip_schedule, start_step, log_dir, csv_name, emit, should_stop) -> LoopOutcome:
+    """Optimizer steps until max steps, the end of the learning-rate schedule, Interrupt, a non-finite loss or an
+    exception; every step emits its numbers, writes the loss CSV and, at their intervals, a copy and a preview.
+
+    Interrupt is checked before every micro-batch. Whatever ends the run, `last_good` is the state after the
+    last finite step, for the caller to save."""
+    is_main = accelerator.is_main_process
+    loss_csv = LossCsv(log_dir / csv_name, cfg.loss_csv_every) if log_dir is not None else None
+    step = start_step
+    last_good = parts.snapshot()
+    status, error = "finished", None
+    stream = batch_stream(dataset, cfg.batch_size, rng, generator, accelerator)
+    started = time.perf_counter()
+    emit({"type": "start", "step": step, "max_steps": cfg.steps, "dataset_size": len(dataset)})
+    try:
+        while step < cfg.steps:
+            lr = lr_schedule.value_at(step)
+            if lr is None:
+                break  # the schedule ran out: the reference ends training here
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_total = 0.0
+            for _ in range(cfg.grad_accum):
+                if should_stop():
+                    status = "interrupted"
+                    break
+                epoch, epoch_step, batch = next(stream)
+                prompts = [build_prompt(template_lines, cfg.name, words, rng, cfg.shuffle_tags, cfg.tag_dropout)
+                           for words in batch.filewords]
+                with accelerator.accumulate(parts.module):
+                    loss = parts.compute_loss(batch, prompts)
+                    if not torch.isfinite(loss):
+                        status = "nan"
+                        break
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        if parts.before_optimizer_step is not None:
+                            parts.before_optimizer_step()
+                        if clip_schedule is not None:
+                            clip_value = clip_schedule.value_at(step) or clip_schedule.value
+                            if cfg.clip_grad_mode == "value":
+                                accelerator.clip_grad_value_(parts.params, clip_value)
+                            else:
+                                accelerator.clip_grad_norm_(parts.params, clip_value)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                loss_total += loss.item() / cfg.grad_accum
+            if status != "finished":
+                optimizer.zero_grad(set_to_none=True)
+                break
+            if not all(torch.isfinite(param).all() for param in parts.params):
+                status = "nan"
+                break
+            step += 1
+            last_good = parts.snapshot()
+            elapsed = time.perf_counter() - started
+            emit({"type": "step", "step": step, "max_steps": cfg.steps, "loss": loss_total, "lr": lr,
+                  "epoch": epoch, "epoch_step": epoch_step, "prompt": prompts[0],
+                  "it_per_s": (step - start_step) / elapsed if elapsed > 0 else 0.0})
+            if not is_main or log_dir is None:
+                continue
+            loss_csv.write(step, epoch, epoch_step, loss_total, lr)
+            if cfg.save_every and step % cfg.save_every == 0:
+                emit({"type": "saved", "path": str(parts.save_copy(last_good, step)), "step": step})
+            if cfg.preview_every and step % cfg.preview_every == 0:
+                parts.preview(last_good, step, prompts[0])
+    except Exception as e:  # noqa: BLE001 - reported truthfully by the caller, after saving the last good state
+        status, error = "failed", e
+    finally:
+        if loss_csv is not None:
+            loss_csv.close()
+    return LoopOutcome(status, step, last_good, error)
+
+
+def report_data_parallel(accelerator, flat: torch.Tensor, emit, what: str):
+    """With several processes, say whether every one ends with the very same trained values."""
+    if accelerator.num_processes <= 1:
+        return
+    gathered = accelerator.gather(flat.float().to(accelerator.device)[None]).cpu()
+    in_sync = all(torch.equal(gathered[0], other) for other in gathered[1:])
+    emit({"type": "message", "text": f"Data parallel over {accelerator.num_processes} processes; {what} "
+          + ("identical on every process." if in_sync else "DIFFER between processes.")})
+
+
+def parse_schedules(cfg, start_step: int, what: str):
+    """The learning-rate and clip-value schedules from `start_step` on; checks the preview settings too, so bad
+    input is a sentence before training rather than a failure at step N."""
+    lr_schedule = parse_schedule(cfg.learn_rate, cfg.steps, start_step, "learning rate")
+    clip_schedule = None
+    if cfg.clip_grad_mode != "disabled":
+        clip_schedule = parse_schedule(cfg.clip_grad_value, cfg.steps, start_step, "gradient clipping")
+    if cfg.preview_every:
+        preview_params(cfg, "a caption")
+    if start_step >= cfg.steps:
+        raise UserError(f"{what} '{cfg.name}' already has {start_step} steps, not below max steps {cfg.steps}; "
+                        "raise Max steps to train further.")
+    return lr_schedule, clip_schedule
+
+
+def seeded_randomness(cfg, accelerator):
+    """(seed, prompt/shuffle rng, noise generator); each data-parallel process draws its own stream."""
+    seed = cfg.seed if cfg.seed is not None else random.randrange(2**31)
+    rng = random.Random(seed + accelerator.process_index)
+    generator = torch.Generator().manual_seed(seed + accelerator.process_index)
+    return seed, rng, generator
+
+
+def restore_optimizer_state(optimizer, state, emit, what: str):
+    """Resume the optimizer from the state saved beside the file, when there is one that fits."""
+    if state is None:
+        return
+    try:
+        optimizer.load_state_dict(state)
+        emit({"type": "message", "text": f"Resumed the optimizer state saved beside the {what}."})
+    except (ValueError, KeyError, RuntimeError):
+        emit({"type": "message", "text": "Saved optimizer state does not match; starting it fresh."})
