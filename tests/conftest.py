@@ -27,3 +27,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture()
+def work(tmp_path):
+    """A user's working folder: the shipped prompt templates, and four real photos (64 px) in data/."""
+    from helpers_cli import workdir
+    from helpers_images import make_dataset
+
+    folder = workdir(tmp_path)
+    make_dataset(folder / "data", size=(64, 64))
+    return folder

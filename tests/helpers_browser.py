@@ -1,6 +1,7 @@
 """Serve the real app in-process and drive it with Playwright in Debian's Chromium."""
 import contextlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,13 @@ def fill(page, elem_id, value):
 def open_train_subtab(page, name):
     page.get_by_role("tab", name="Train", exact=True).first.click()
     page.get_by_role("tab", name=name, exact=True).last.click()
+
+
+def wait_for(condition, timeout=90, what="condition"):
+    """Poll `condition()` until it is true; fail saying `what` did not happen in time."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -1,24 +1,15 @@
 """The page in Chromium: create a hypernetwork, train it a few steps with previews, see loss and images arrive."""
 import re
-import time
 
 import pytest
 
-from helpers_browser import ROOT, browser_page, fill, open_train_subtab, require_chromium, served_app
+from helpers_browser import ROOT, browser_page, fill, open_train_subtab, require_chromium, served_app, wait_for
 from helpers_images import make_dataset
 from trainer.hypernetwork import read_hypernetwork
 from trainer.workspace import Folders, Workspace
 
 pytestmark = pytest.mark.browser
 
-
-def wait_for(condition, timeout=90, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def output_text(page):

@@ -1,22 +1,13 @@
 """The txt2img tab in Chromium: the prompt as parsed while typing, the token counter, Generate, infotext."""
-import time
 
 import pytest
 
-from helpers_browser import ROOT, browser_page, fill, require_chromium, served_app
+from helpers_browser import ROOT, browser_page, fill, require_chromium, served_app, wait_for
 from trainer.embeddings import create_embedding
 from trainer.workspace import Folders, Workspace
 
 pytestmark = pytest.mark.browser
 
-
-def wait_for(condition, timeout=60, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_type_a_prompt_see_it_parsed_and_generate(tmp_path):

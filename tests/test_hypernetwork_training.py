@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_cli import run_cli, run_subprocess, workdir
+from helpers_cli import run_cli, run_subprocess
 from helpers_images import make_dataset
 from trainer.errors import UserError
 from trainer.hypernetwork import create_hypernetwork, read_hypernetwork
@@ -17,13 +17,6 @@ from trainer.train_config import TrainConfig
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "textual_inversion_templates"
 SMALL = ["--width", 64, "--height", 64, "--preview-steps", 2, "--seed", 1, "--quiet"]
-
-
-@pytest.fixture()
-def work(tmp_path):
-    w = workdir(tmp_path)
-    make_dataset(w / "data", size=(64, 64))
-    return w
 
 
 def weights(hypernetwork):

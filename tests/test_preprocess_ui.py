@@ -6,13 +6,11 @@ import gradio as gr
 import pytest
 from PIL import Image
 
+from helpers_browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
 from helpers_images import make_dataset
 from preprocess.caption import DEFAULT_BLIP_DIR
 from webui import preprocess_tab as tab
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
 
 @pytest.fixture
@@ -111,8 +109,7 @@ def launch_page(ws):
 
 @pytest.mark.browser
 def test_preprocess_then_review_and_edit_a_caption_in_the_browser(tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Chromium is not installed")
+    require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     from trainer.workspace import Folders, Workspace

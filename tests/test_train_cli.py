@@ -2,23 +2,14 @@
 import csv
 import json
 
-import pytest
 import torch
 
-from helpers_cli import run_cli, run_subprocess, workdir
-from helpers_images import make_dataset
+from helpers_cli import run_cli, run_subprocess
 from trainer.embeddings import read_embedding_file, read_image_embedding
 from trainer.sampling import read_infotext
 from trainer.train_config import TrainConfig
 
 SMALL = ["--width", 64, "--height", 64, "--preview-steps", 2, "--seed", 1, "--quiet"]
-
-
-@pytest.fixture()
-def work(tmp_path):
-    w = workdir(tmp_path)
-    make_dataset(w / "data", size=(64, 64))
-    return w
 
 
 def log_folder(work, name):

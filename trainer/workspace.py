@@ -101,33 +101,25 @@ class Workspace:
         """Start training an embedding in the background job; refused (UserError) while another job runs."""
         from .textual_inversion import train_embedding
 
-        cfg.validate()
-        model = self.model
-        cfg.model = model.name
-
-        def work(job):
-            return train_embedding(model, cfg, self.folders.embeddings_dir, self.folders.templates_dir,
-                                   other_embeddings=self.embedding_vectors(), progress=job.report,
-                                   should_stop=job.stop.is_set)
-
-        return self.runner.start("train-embedding", f"Training embedding {cfg.name}", work)
+        return self._start_training_job(cfg, "embedding", lambda model, job: train_embedding(
+            model, cfg, self.folders.embeddings_dir, self.folders.templates_dir,
+            other_embeddings=self.embedding_vectors(), progress=job.report, should_stop=job.stop.is_set))
 
     def start_hypernetwork_training(self, cfg):
         """Start training a hypernetwork in the background job; refused (UserError) while another job runs."""
         from .hypernetwork_training import train_hypernetwork
 
+        return self._start_training_job(cfg, "hypernetwork", lambda model, job: train_hypernetwork(
+            model, cfg, self.folders.hypernetwork_dir, self.folders.templates_dir,
+            embeddings=self.embedding_vectors(), progress=job.report, should_stop=job.stop.is_set))
+
+    def _start_training_job(self, cfg, what: str, train):
         if not cfg.name:
-            raise UserError("Choose a hypernetwork to train (create one in the Create hypernetwork tab).")
+            raise UserError(f"Choose a {what} to train (create one in the Create {what} tab).")
         cfg.validate()
         model = self.model
         cfg.model = model.name
-
-        def work(job):
-            return train_hypernetwork(model, cfg, self.folders.hypernetwork_dir, self.folders.templates_dir,
-                                      embeddings=self.embedding_vectors(), progress=job.report,
-                                      should_stop=job.stop.is_set)
-
-        return self.runner.start("train-hypernetwork", f"Training hypernetwork {cfg.name}", work)
+        return self.runner.start(f"train-{what}", f"Training {what} {cfg.name}", lambda job: train(model, job))
 
     def start_preprocess(self, config):
         """Run preprocess.run_preprocess as the background job (image i/N progress, Interrupt after an image)."""
