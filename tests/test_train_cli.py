@@ -175,3 +175,19 @@ def test_two_processes_train_data_parallel(work):
     assert sorted(p.name for p in (logs / "embeddings").iterdir()) == ["dp-2.pt", "dp-4.pt"]
     rows = list(csv.DictReader(open(logs / "textual_inversion_loss.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+
+
+def test_an_embedding_is_trained_where_and_as_it_was_found(work):
+    from trainer.embeddings import Embedding, save_embedding
+
+    save_embedding(Embedding("style-sf", torch.zeros(2, 32)), work / "embeddings" / "styles" / "style-sf.safetensors")
+    save_embedding(Embedding("big", torch.zeros(1, 768)), work / "embeddings" / "big.pt")
+    code, out, err = run_cli(["train-embedding", "--name", "style-sf", "--dataset", "data", "--steps", 2,
+                              "--save-every", 0, "--preview-every", 0, *SMALL], work)
+    assert code == 0, err
+    saved = read_embedding_file(work / "embeddings" / "styles" / "style-sf.safetensors")
+    assert saved.step == 2 and saved.vectors.abs().sum() > 0
+    assert sorted(p.name for p in (work / "embeddings").rglob("style-sf*")) == [
+        "style-sf.safetensors", "style-sf.safetensors.optim"]
+    code, _, err = run_cli(["train-embedding", "--name", "big", "--dataset", "data", *SMALL], work)
+    assert code == 2 and "cannot be trained on this model" in err and "768" in err

@@ -11,8 +11,8 @@ from diffusers import DDPMScheduler
 
 from .conditioning import PromptEncoder
 from .dataset import read_template
-from .embeddings import (Embedding, EmbeddingReadError, load_optimizer_state, read_embedding_file,
-                         save_embedding, save_optimizer_state, write_image_embedding)
+from .embeddings import (Embedding, load_embeddings_dir, load_optimizer_state, save_embedding, save_optimizer_state,
+                         write_image_embedding)
 from .errors import UserError
 from .sampling import save_png_with_infotext, txt2img
 from .train_config import TrainConfig
@@ -32,12 +32,20 @@ class TrainableVectors(torch.nn.Module):
         return self.vectors
 
 
-def find_embedding_file(embeddings_dir, name: str) -> Path:
-    for suffix in (".pt", ".safetensors", ".bin"):
-        path = Path(embeddings_dir) / f"{name}{suffix}"
-        if path.is_file():
-            return path
-    raise UserError(f"Embedding '{name}' was not found in {embeddings_dir}; create it first.")
+def find_embedding(embeddings_dir, name: str, width: int):
+    """(the embedding called `name` in the embeddings folder, the file to save it back to). Found as the
+    embeddings list finds it (recursively, any format); a file the model cannot use is refused with its reason.
+    An embedding read from an image is saved back as `<name>.pt` beside it."""
+    loaded, skipped = load_embeddings_dir(embeddings_dir, width)
+    if name not in loaded:
+        if name in skipped:
+            raise UserError(f"Embedding '{name}' cannot be trained on this model: {skipped[name][1]}.")
+        raise UserError(f"Embedding '{name}' was not found in {embeddings_dir}; create it first.")
+    embedding = loaded[name]
+    path = Path(embedding.filename)
+    if path.suffix.lower() not in (".pt", ".bin", ".safetensors"):
+        path = path.with_name(f"{name}.pt")
+    return embedding, path
 
 
 def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, other_embeddings=None,
@@ -55,14 +63,7 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
     if not any("[name]" in line for line in template_lines):
         warnings.append(f"Prompt template {template_path.name} has no [name]: the embedding never appears "
                         "in the training prompts, so it will not learn anything.")
-    embedding_path = find_embedding_file(embeddings_dir, cfg.name)
-    try:
-        embedding = read_embedding_file(embedding_path)
-    except EmbeddingReadError as e:
-        raise UserError(f"Embedding file {embedding_path} cannot be used: {e}.") from None
-    if embedding.shape != model.text_width:
-        raise UserError(f"Embedding '{cfg.name}' has width {embedding.shape} but the model needs "
-                        f"{model.text_width}; it was made for another model.")
+    embedding, embedding_path = find_embedding(embeddings_dir, cfg.name, model.text_width)
     start_step = embedding.step or 0
     lr_schedule, clip_schedule = parse_schedules(cfg, start_step, "Embedding")
     accelerator = accelerator or make_accelerator(model.device.type, cfg.grad_accum)
@@ -121,7 +122,7 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
     # --- save what was learned -----------------------------------------------------------------------------
     final_path = None
     if is_main:
-        final_path = Path(embeddings_dir) / f"{cfg.name}.pt"
+        final_path = embedding_path
         if step > start_step:
             save_embedding(current_embedding(last_good, step), final_path)
             if cfg.save_optimizer_state and status in ("finished", "interrupted"):
