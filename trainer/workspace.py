@@ -22,6 +22,18 @@ def best_device() -> str:
     return "cpu"
 
 
+def folder_fingerprint(folder: Path) -> tuple:
+    """What changes when a file below `folder` is added, removed, replaced or rewritten."""
+    entries = []
+    for path in folder.rglob("*"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        entries.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(sorted(entries))
+
+
 @dataclass
 class Folders:
     ckpt_dir: Path = Path("models/Stable-diffusion")
@@ -31,13 +43,16 @@ class Folders:
 
 
 class Workspace:
-    def __init__(self, folders: Folders | None = None, device: str | None = None):
+    def __init__(self, folders: Folders | None = None, device: str | None = None, model=None):
+        """`model`: an already loaded SDModel to start with (else the demo model is loaded when first needed)."""
         self.folders = folders or Folders()
         self.device = device or best_device()
         self.runner = JobRunner()
-        self._model = None
+        self._model = model
         self._model_lock = threading.Lock()
         self._hypernetwork_library = None
+        self._embeddings = None  # (folder fingerprint, (loaded, skipped))
+        self._embeddings_lock = threading.Lock()
 
     # --- model ---------------------------------------------------------------------------------------------
     @property
@@ -66,9 +81,17 @@ class Workspace:
 
     # --- embeddings and templates ------------------------------------------------------------------------
     def embeddings(self):
-        """(loaded, skipped) from the embeddings folder, read afresh (users drop files in at any time)."""
-        self.folders.embeddings_dir.mkdir(parents=True, exist_ok=True)
-        return load_embeddings_dir(self.folders.embeddings_dir, self.model.text_width)
+        """(loaded, skipped) from the embeddings folder. Users drop files in at any time, so the folder is read
+        again whenever a file in it was added, removed or changed (a stat walk tells); otherwise the last read
+        is reused (the txt2img prompt box asks on every keystroke). The embeddings returned are shared: read only."""
+        folder = self.folders.embeddings_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        key = (model.checkpoint_hash, model.text_width, folder_fingerprint(folder))
+        with self._embeddings_lock:
+            if self._embeddings is None or self._embeddings[0] != key:
+                self._embeddings = (key, load_embeddings_dir(folder, model.text_width))
+            return self._embeddings[1]
 
     def embedding_vectors(self) -> dict:
         loaded, _ = self.embeddings()

@@ -10,7 +10,8 @@ from trainer.errors import UserError
 from trainer.prompt_view import describe_prompt, names_in_prompt
 from trainer.train_config import PreviewSettings, TrainConfig
 
-from . import create_embedding_tab, create_hypernetwork_tab, job_view, output_column, preprocess_tab, train_tab, txt2img_tab
+from . import (create_embedding_tab, create_hypernetwork_tab, job_view, output_column, preprocess_tab, train_tab,
+               txt2img_tab)
 from .prompt_html import prompt_html
 
 JOB_POLL_SECONDS = 1.0
@@ -103,11 +104,10 @@ def build_app(ws) -> gr.Blocks:
         # --- create embedding ---------------------------------------------------------------------------
         def create_embedding(name, init_text, vectors, overwrite):
             try:
-                message = create_embedding_tab.create(ws, name, init_text, vectors, overwrite)
+                path = create_embedding_tab.create(ws, name, init_text, vectors, overwrite)
             except UserError as e:
                 return "", str(e), gr.skip()
-            created = message.split("/")[-1].rsplit(".", 1)[0]
-            return message, "", embedding_choices(created)
+            return f"Created: {path}", "", embedding_choices(path.stem)
 
         ce.button.click(create_embedding, [ce.name, ce.init_text, ce.vectors, ce.overwrite],
                         [out.output, out.error, tr.embedding])
@@ -143,6 +143,7 @@ def build_app(ws) -> gr.Blocks:
         tr.interrupt.click(lambda: "Interrupting..." if ws.runner.interrupt() else "Nothing is running.",
                            None, out.output, queue=False)
         timer.tick(render, seen, job_outputs, show_progress="hidden")
+
         def on_load():
             """A new or reloaded page: current lists (files may have appeared) and the running job, if any."""
             return (*render(None), embedding_choices(), gr.Dropdown(choices=ws.checkpoints(), value=ws.model_name),

@@ -1,4 +1,5 @@
 """Train > Create embedding: name, initialization text, vectors per token, overwrite."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
@@ -15,8 +16,8 @@ def build() -> SimpleNamespace:
     return SimpleNamespace(name=name, init_text=init_text, vectors=vectors, overwrite=overwrite, button=button)
 
 
-def create(ws, name, init_text, vectors, overwrite) -> str:
-    """Create the file; returns the reference's "Created: <path>" message (raises UserError on bad input)."""
+def create(ws, name, init_text, vectors, overwrite) -> Path:
+    """Create the embedding file and return its path (UserError on bad input)."""
     from trainer.embeddings import create_embedding
 
     model = ws.model
@@ -24,4 +25,4 @@ def create(ws, name, init_text, vectors, overwrite) -> str:
                             num_vectors=int(vectors), overwrite=bool(overwrite),
                             embeddings_dir=ws.folders.embeddings_dir, checkpoint_hash=model.checkpoint_hash,
                             checkpoint_name=model.name)
-    return f"Created: {path}"
+    return Path(path)
