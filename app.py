@@ -22,6 +22,7 @@ def parse_args(argv=None):
     parser.add_argument("--embeddings-dir", default="embeddings")
     parser.add_argument("--hypernetwork-dir", default="models/hypernetworks")
     parser.add_argument("--textual-inversion-templates-dir", default="textual_inversion_templates")
+    parser.add_argument("--outputs-dir", default="outputs", help="where txt2img images are kept")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
     return parser.parse_args(argv)
 
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     from webui.job_view import CSS
 
     folders = Folders(Path(args.ckpt_dir), Path(args.embeddings_dir), Path(args.hypernetwork_dir),
-                      Path(args.textual_inversion_templates_dir))
+                      Path(args.textual_inversion_templates_dir), Path(args.outputs_dir))
     ws = Workspace(folders, args.device)
     try:
         ws.load_model(args.model or "demo")

@@ -4,6 +4,7 @@ import pytest
 
 from helpers_browser import ROOT, browser_page, fill, require_chromium, served_app, wait_for
 from trainer.embeddings import create_embedding
+from trainer.sampling import read_infotext
 from trainer.workspace import Folders, Workspace
 
 pytestmark = pytest.mark.browser
@@ -13,7 +14,8 @@ pytestmark = pytest.mark.browser
 def test_type_a_prompt_see_it_parsed_and_generate(tmp_path):
     require_chromium()
     folders = Folders(ckpt_dir=tmp_path / "ckpt", embeddings_dir=tmp_path / "embeddings",
-                      hypernetwork_dir=tmp_path / "hn", templates_dir=ROOT / "textual_inversion_templates")
+                      hypernetwork_dir=tmp_path / "hn", templates_dir=ROOT / "textual_inversion_templates",
+                      outputs_dir=tmp_path / "outputs")
     ws = Workspace(folders, "cpu")
     model = ws.model
     create_embedding(model.tokenizer, model.text_encoder, "my-style", num_vectors=3,
@@ -39,4 +41,6 @@ def test_type_a_prompt_see_it_parsed_and_generate(tmp_path):
         infotext = page.locator("#txt2img_infotext textarea").input_value()
         assert infotext.startswith("a ((castle)) in [fog:rain:0.5], my-style\nSteps: 3, Sampler: Euler a")
         assert "Seed: 7" in infotext and "Size: 64x64" in infotext
+        [saved] = (tmp_path / "outputs" / "txt2img-images").glob("*/00000-7.png")  # kept, as the reference does
+        assert read_infotext(saved) == infotext
         page.screenshot(path="/tmp/ti-txt2img.png", full_page=True)

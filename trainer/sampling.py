@@ -344,3 +344,20 @@ __all__ = [
     "SAMPLERS", "Txt2ImgParams", "GeneratedImage", "validate_params", "txt2img", "text_at_step",
     "ConditioningPlan", "combine_guidance", "format_infotext", "save_png_with_infotext", "read_infotext",
 ]
+
+
+def save_txt2img_outputs(results, outputs_dir) -> list:
+    """Keep generated images as the reference does: `<outputs>/txt2img-images/<YYYY-MM-DD>/<NNNNN>-<seed>.png`,
+    numbered on from the folder's highest number, each carrying its infotext. Returns the paths."""
+    import datetime
+
+    folder = Path(outputs_dir) / "txt2img-images" / datetime.date.today().isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name[:5]) for p in folder.glob("*.png") if p.name[:5].isdigit()]
+    number = max(numbers, default=-1) + 1
+    paths = []
+    for image, infotext, seed in results:
+        paths.append(save_png_with_infotext(image, infotext, folder / f"{number:05}-{seed}.png"))
+        number += 1
+    return paths
+

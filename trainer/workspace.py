@@ -40,6 +40,7 @@ class Folders:
     embeddings_dir: Path = Path("embeddings")
     hypernetwork_dir: Path = Path("models/hypernetworks")
     templates_dir: Path = Path("textual_inversion_templates")
+    outputs_dir: Path = Path("outputs")
 
 
 class Workspace:

@@ -177,7 +177,7 @@ def build_app(ws) -> gr.Blocks:
 
         # --- txt2img ------------------------------------------------------------------------------------
         def generate(*values):
-            from trainer.sampling import txt2img
+            from trainer.sampling import save_txt2img_outputs, txt2img
 
             loaded, skipped = ws.embeddings()
             notes = [f"Embedding **{name}** was not used: {skipped[name][1]}."
@@ -188,7 +188,9 @@ def build_app(ws) -> gr.Blocks:
                                   hypernetworks=ws.hypernetwork_library())
             except UserError as e:
                 return gr.skip(), gr.skip(), f"**Error:** {e}"
-            return [(r.image, f"seed {r.seed}") for r in results], results[0].infotext, "\n\n".join(notes)
+            paths = save_txt2img_outputs(results, ws.folders.outputs_dir)  # downloads keep their infotext
+            return ([(str(path), f"seed {r.seed}") for path, r in zip(paths, results)], results[0].infotext,
+                    "\n\n".join(notes))
 
         t2i.generate.click(generate, t2i.params, [t2i.gallery, t2i.infotext, t2i.error])
         t2i.random_seed.click(lambda: -1, None, t2i.seed)
