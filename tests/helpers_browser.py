@@ -67,3 +67,14 @@ def wait_for(condition, timeout=90, what="condition"):
             return
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def fill_train_form(page, dataset, log_dir, steps, preview_every, save_every, size=64):
+    """The Train subtab's dataset, log folder, max steps, intervals and training size."""
+    fill(page, "train_dataset_directory", dataset)
+    fill(page, "train_log_directory", log_dir)
+    fill(page, "train_steps", steps)
+    fill(page, "train_create_image_every", preview_every)
+    fill(page, "train_save_embedding_every", save_every)
+    for elem_id in ("train_training_width", "train_training_height"):
+        fill(page, elem_id, size)

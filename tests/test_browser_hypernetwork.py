@@ -3,7 +3,8 @@ import re
 
 import pytest
 
-from helpers_browser import ROOT, browser_page, fill, open_train_subtab, require_chromium, served_app, wait_for
+from helpers_browser import (ROOT, browser_page, fill, fill_train_form, open_train_subtab, require_chromium,
+                             served_app, wait_for)
 from helpers_images import make_dataset
 from trainer.hypernetwork import read_hypernetwork
 from trainer.workspace import Folders, Workspace
@@ -56,13 +57,7 @@ def test_create_and_train_a_hypernetwork_with_previews(tmp_path):
         page.locator("#train_hypernetwork input").click()
         page.get_by_role("option", name="browser-hn").click()
         fill(page, "train_hypernetwork_learn_rate", "0.0005")
-        fill(page, "train_dataset_directory", data)
-        fill(page, "train_log_directory", tmp_path / "logs")
-        fill(page, "train_steps", 6)
-        fill(page, "train_create_image_every", 3)
-        fill(page, "train_save_embedding_every", 3)
-        for elem_id in ("train_training_width", "train_training_height"):
-            fill(page, elem_id, 64)
+        fill_train_form(page, data, tmp_path / "logs", steps=6, preview_every=3, save_every=3)
         page.locator("#train_train_hypernetwork").click()
 
         wait_for(lambda: "Training finished at 6 steps" in output_text(page), what="finished message")

@@ -3,7 +3,8 @@ import re
 
 import pytest
 
-from helpers_browser import ROOT, browser_page, fill, open_train_subtab, require_chromium, served_app, wait_for
+from helpers_browser import (ROOT, browser_page, fill, fill_train_form, open_train_subtab, require_chromium,
+                             served_app, wait_for)
 from helpers_images import make_dataset
 from trainer.embeddings import read_embedding_file
 from trainer.workspace import Folders, Workspace
@@ -44,13 +45,7 @@ def test_create_train_preview_interrupt_and_resume(tmp_path):
         open_train_subtab(page, "Train")
         page.locator("#train_embedding input").click()
         page.get_by_role("option", name="browser-cat").click()
-        fill(page, "train_dataset_directory", data)
-        fill(page, "train_log_directory", tmp_path / "logs")
-        fill(page, "train_steps", 100000)
-        fill(page, "train_create_image_every", 3)
-        fill(page, "train_save_embedding_every", 3)
-        for elem_id in ("train_training_width", "train_training_height"):
-            fill(page, elem_id, 64)
+        fill_train_form(page, data, tmp_path / "logs", steps=100000, preview_every=3, save_every=3)
         page.locator("#train_train_embedding").click()
 
         wait_for(lambda: page.locator("#ti_gallery img").count() >= 2, what="two preview images")
