@@ -191,3 +191,12 @@ def test_an_embedding_is_trained_where_and_as_it_was_found(work):
         "style-sf.safetensors", "style-sf.safetensors.optim"]
     code, _, err = run_cli(["train-embedding", "--name", "big", "--dataset", "data", *SMALL], work)
     assert code == 2 and "cannot be trained on this model" in err and "768" in err
+
+
+def test_safetensors_on_request_stays_safetensors(work):
+    code, out, _ = run_cli(["create-embedding", "--name", "sft", "--vectors", 2, "--format", "safetensors"], work)
+    assert code == 0 and out.strip() == "Created: embeddings/sft.safetensors"
+    code, out, _ = run_cli(["create-embedding", "--name", "sft", "--vectors", 3, "--overwrite"], work)
+    assert out.strip() == "Created: embeddings/sft.safetensors"  # replaced in place, no second "sft" file
+    assert sorted(p.name for p in (work / "embeddings").iterdir()) == ["sft.safetensors"]
+    assert read_embedding_file(work / "embeddings" / "sft.safetensors").num_vectors == 3

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-text", default="*")
     p.add_argument("--vectors", type=int, default=1)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--format", default="pt", choices=["pt", "safetensors"],
+                   help="file format (default: the reference's .pt)")
     add_common(p)
 
     p = commands.add_parser("train-embedding", help="train an embedding on a folder of images",
@@ -147,7 +149,7 @@ def cmd_create_embedding(args):
     path = create_embedding(model.tokenizer, model.text_encoder, args.name, init_text=args.init_text,
                             num_vectors=args.vectors, overwrite=args.overwrite,
                             embeddings_dir=ws.folders.embeddings_dir, checkpoint_hash=model.checkpoint_hash,
-                            checkpoint_name=model.name)
+                            checkpoint_name=model.name, file_format=args.format)
     print(f"Created: {path}")
     return 0
 

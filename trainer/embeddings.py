@@ -107,13 +107,18 @@ def create_embedding(
     embeddings_dir: str | os.PathLike = "embeddings",
     checkpoint_hash: str | None = None,
     checkpoint_name: str | None = None,
+    file_format: str = "pt",
 ) -> Path:
-    """Create ``<embeddings_dir>/<clean name>.pt`` at step 0 and return its path (the Create embedding tab).
+    """Create ``<embeddings_dir>/<clean name>.pt`` (or ``.safetensors`` with ``file_format="safetensors"``) at
+    step 0 and return its path (the Create embedding tab).
 
     Refused with `UserError`: a name with no letter or digit after cleaning, a vector count outside 1..75, and
     an existing embedding of that name (``<name>.pt``, ``.bin``, ``.safetensors``, ``.png``...) unless
-    ``overwrite`` (which replaces ``<name>.pt``).
+    ``overwrite``, which replaces a ``.pt``/``.safetensors`` file of that name in place (keeping its format), so
+    no second file of the same name appears.
     """
+    if file_format not in ("pt", "safetensors"):
+        raise UserError(f"Embedding file format must be pt or safetensors, not {file_format!r}.")
     clean = clean_embedding_name(name)
     if not any(ch.isalnum() for ch in clean):
         raise UserError("Please enter a name for the embedding: letters, digits, spaces and . _ - are allowed.")
@@ -136,7 +141,10 @@ def create_embedding(
         sd_checkpoint=checkpoint_hash,
         sd_checkpoint_name=checkpoint_name,
     )
-    path = save_embedding_pt(embedding, directory / f"{clean}.pt")
+    target = directory / f"{clean}.{file_format}"
+    if existing is not None and Path(existing).suffix.lower() in (".pt", ".safetensors"):
+        target = Path(existing)
+    path = save_embedding(embedding, target)
     embedding.filename = str(path)
     return path
 

@@ -102,14 +102,14 @@ def build_app(ws) -> gr.Blocks:
         refresh_checkpoints.click(lambda: gr.Dropdown(choices=ws.checkpoints()), None, checkpoint)
 
         # --- create embedding ---------------------------------------------------------------------------
-        def create_embedding(name, init_text, vectors, overwrite):
+        def create_embedding(name, init_text, vectors, overwrite, file_format):
             try:
-                path = create_embedding_tab.create(ws, name, init_text, vectors, overwrite)
+                path = create_embedding_tab.create(ws, name, init_text, vectors, overwrite, file_format)
             except UserError as e:
                 return "", str(e), gr.skip()
             return f"Created: {path}", "", embedding_choices(path.stem)
 
-        ce.button.click(create_embedding, [ce.name, ce.init_text, ce.vectors, ce.overwrite],
+        ce.button.click(create_embedding, [ce.name, ce.init_text, ce.vectors, ce.overwrite, ce.file_format],
                         [out.output, out.error, tr.embedding])
 
         # --- train --------------------------------------------------------------------------------------

@@ -12,11 +12,15 @@ def build() -> SimpleNamespace:
         vectors = gr.Slider(label="Number of vectors per token", minimum=1, maximum=75, step=1, value=1,
                             elem_id="train_nvpt")
         overwrite = gr.Checkbox(label="Overwrite Old Embedding", value=False, elem_id="train_overwrite_old_embedding")
+        file_format = gr.Radio(label="File format", choices=[(".pt (the reference's)", "pt"),
+                                                             (".safetensors", "safetensors")],
+                               value="pt", elem_id="train_embedding_file_format")
         button = gr.Button("Create embedding", variant="primary", elem_id="train_create_embedding")
-    return SimpleNamespace(name=name, init_text=init_text, vectors=vectors, overwrite=overwrite, button=button)
+    return SimpleNamespace(name=name, init_text=init_text, vectors=vectors, overwrite=overwrite,
+                           file_format=file_format, button=button)
 
 
-def create(ws, name, init_text, vectors, overwrite) -> Path:
+def create(ws, name, init_text, vectors, overwrite, file_format="pt") -> Path:
     """Create the embedding file and return its path (UserError on bad input)."""
     from trainer.embeddings import create_embedding
 
@@ -24,5 +28,5 @@ def create(ws, name, init_text, vectors, overwrite) -> Path:
     path = create_embedding(model.tokenizer, model.text_encoder, name, init_text=init_text,
                             num_vectors=int(vectors), overwrite=bool(overwrite),
                             embeddings_dir=ws.folders.embeddings_dir, checkpoint_hash=model.checkpoint_hash,
-                            checkpoint_name=model.name)
+                            checkpoint_name=model.name, file_format=file_format)
     return Path(path)
