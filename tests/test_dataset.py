@@ -51,9 +51,11 @@ def test_latents_are_cached_once_and_sampled_as_asked(tmp_path, demo_model):
 def test_no_resize_groups_sizes_into_buckets(tmp_path, demo_model):
     folder = tmp_path / "data"
     folder.mkdir()
-    for i, size in enumerate([(64, 64), (64, 64), (96, 64), (100, 70)]):
+    for i, size in enumerate([(64, 64), (64, 64), (96, 64), (100, 70), (1, 1), (200, 40)]):
         Image.new("RGB", size, (i * 40, 90, 200)).save(folder / f"img{i}.png")
     ds = TextualInversionDataset(demo_model, folder, resize=False, seed=0)
+    assert [(name, "smaller than 64 px" in reason) for name, reason in ds.report.skipped] == [
+        ("img4.png", True), ("img5.png", True)]  # too small to train on at their own size
     assert ds.report.buckets == {(64, 64): 2, (96, 64): 2}  # 100x70 is trimmed to multiples of 8
     shapes = [tuple(b.latents.shape) for b in ds.epoch(2, random.Random(0), torch.Generator())]
     assert sorted(shapes) == [(2, 4, 8, 8), (2, 4, 8, 12)]  # each batch from one bucket

@@ -298,6 +298,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug or an environment problem: one line, not a traceback
+        if os.environ.get("TI_TRAINER_DEBUG"):
+            raise
+        print(f"error: {e.__class__.__name__}: {e} (set TI_TRAINER_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -97,13 +97,23 @@ def open_image(path: Path) -> Image.Image:
     return image.convert("RGBA" if has_alpha else "RGB")
 
 
+MIN_SIDE = 64  # smaller images leave the VAE's deepest level with a single pixel, which it cannot normalise
+
+
 def fit_image(image: Image.Image, width: int, height: int, resize: bool) -> Image.Image:
     if resize:
         return image.resize((width, height), Image.BICUBIC)
     # Keep the size, but the VAE needs multiples of 8: trim the odd edge pixels.
     w, h = image.size
-    w8, h8 = max(8, w - w % 8), max(8, h - h % 8)
+    if min(w, h) < MIN_SIDE:
+        raise ImageTooSmall(f"is {w}x{h}, smaller than {MIN_SIDE} px on a side (untick \"Do not resize images\" "
+                            "to scale it up)")
+    w8, h8 = w - w % 8, h - h % 8
     return image.crop((0, 0, w8, h8)) if (w8, h8) != (w, h) else image
+
+
+class ImageTooSmall(ValueError):
+    """An image too small to train on at its own size; the message is the reason shown to the user."""
 
 
 def alpha_weight(image: Image.Image, latent_shape) -> torch.Tensor | None:
@@ -145,6 +155,9 @@ class TextualInversionDataset:
                 break
             try:
                 image = fit_image(open_image(path), width, height, resize)
+            except ImageTooSmall as e:
+                self.report.skipped.append((path.name, str(e)))
+                continue
             except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
                 self.report.skipped.append((path.name, f"cannot be read as an image ({e.__class__.__name__})"))
                 continue
