@@ -283,3 +283,27 @@ def test_clip_skip_takes_an_earlier_layer_through_the_final_norm(tokenizer, text
         deepest = PromptEncoder(tokenizer, text_encoder, clip_skip=12)(["a photo of a cat"])
     assert torch.equal(z, expected)
     assert torch.equal(deepest, text_encoder.final_layer_norm(hidden[0]))  # clamped to the first state
+
+
+def test_two_threads_encoding_at_once_do_not_see_each_others_embeddings(tokenizer, text_encoder):
+    """A training job and a txt2img request share the text encoder; a splice hook only acts on its own thread."""
+    import threading
+
+    with_embedding = PromptEncoder(tokenizer, text_encoder, {"zzemb": torch.randn(3, 32) * 5})
+    without = PromptEncoder(tokenizer, text_encoder)
+    prompts = ["a photo of zzemb on a hill"]
+    expected = {"with": with_embedding(prompts), "without": without(prompts)}
+    mismatches = []
+
+    def run(key, encoder):
+        for _ in range(40):
+            if not torch.equal(encoder(prompts), expected[key]):
+                mismatches.append(key)
+
+    threads = [threading.Thread(target=run, args=("with", with_embedding)),
+               threading.Thread(target=run, args=("without", without))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not torch.equal(expected["with"], expected["without"]) and mismatches == []

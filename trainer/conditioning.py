@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -248,13 +249,19 @@ def _apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
 
 
 class _EmbeddingSplice:
-    """Forward hook for the token-embedding layer: puts embedding vectors at their (row, column) slots."""
+    """Forward hook for the token-embedding layer: puts embedding vectors at their (row, column) slots.
+
+    The text encoder is shared (a training job and a txt2img request may encode at the same moment), and a
+    module's hooks run for every caller: the hook only touches the forward pass of the thread that set it."""
 
     def __init__(self, fixes: list, embeddings: Mapping[str, torch.Tensor]):
         self.fixes = fixes
         self.embeddings = embeddings
+        self.thread = threading.get_ident()
 
-    def __call__(self, module, inputs, output: torch.Tensor) -> torch.Tensor:
+    def __call__(self, module, inputs, output: torch.Tensor) -> torch.Tensor | None:
+        if threading.get_ident() != self.thread:
+            return None  # another caller's forward pass: leave its output alone
         rows, columns, values = [], [], []
         for row, column, name in self.fixes:
             vectors = self.embeddings[name][: output.shape[1] - column]
