@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .errors import UserError
 
-MAX_PREVIEWS = 64
+MAX_PREVIEWS = 16  # the newest previews the page shows; every file stays in the log folder
 
 
 @dataclass
