@@ -15,8 +15,8 @@ from preprocess.captions_review import caption_of, list_images, save_caption, th
 from preprocess.pipeline import PreprocessConfig
 from trainer.errors import UserError
 
-CAPTION_ACTIONS = ["ignore", "copy", "prepend", "append"]
-OBJECTIVES = ["Maximize area", "Minimize error"]
+CAPTION_ACTIONS = ("ignore", "copy", "prepend", "append")
+OBJECTIVES = ("Maximize area", "Minimize error")
 PAGE_SIZE = 48  # gallery thumbnails per page
 VIEW_SIZE = 768  # the selected image is shown from a copy this large at most
 LABEL_CHARS = 60  # gallery captions are cut to this length
@@ -29,7 +29,8 @@ def build() -> SimpleNamespace:
     c.width = gr.Slider(minimum=64, maximum=2048, step=8, label="Width", value=512, elem_id="train_process_width")
     c.height = gr.Slider(minimum=64, maximum=2048, step=8, label="Height", value=512,
                          elem_id="train_process_height")
-    c.caption_action = gr.Dropdown(label="Existing Caption txt Action", value="ignore", choices=CAPTION_ACTIONS,
+    c.caption_action = gr.Dropdown(label="Existing Caption txt Action", value="ignore",
+                                   choices=list(CAPTION_ACTIONS),
                                    elem_id="train_preprocess_txt_action")
     with gr.Row():
         c.keep_original_size = gr.Checkbox(label="Keep original size", elem_id="train_process_keep_original_size")
@@ -64,7 +65,7 @@ def build() -> SimpleNamespace:
             c.max_area = gr.Slider(minimum=64 * 64, maximum=2048 * 2048, step=1, label="Area upper bound",
                                    value=640 * 640, elem_id="train_process_multicrop_maxarea")
         with gr.Row():
-            c.objective = gr.Radio(OBJECTIVES, value="Maximize area", label="Resizing objective",
+            c.objective = gr.Radio(list(OBJECTIVES), value="Maximize area", label="Resizing objective",
                                    elem_id="train_process_multicrop_objective")
             c.error_threshold = gr.Slider(minimum=0, maximum=1, step=0.01, label="Error threshold", value=0.1,
                                           elem_id="train_process_multicrop_threshold")

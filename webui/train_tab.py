@@ -4,9 +4,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from trainer.dataset import LATENT_SAMPLING
 from trainer.train_config import PreviewSettings, TrainConfig
-
-LATENT_SAMPLING = ["once", "deterministic", "random"]
 
 
 def build(ws) -> SimpleNamespace:
@@ -63,7 +62,7 @@ def build(ws) -> SimpleNamespace:
                                  elem_id="train_shuffle_tags")
     c.tag_dropout = gr.Slider(minimum=0, maximum=1, step=0.1, label="Drop out tags when creating prompts.", value=0,
                               elem_id="train_tag_drop_out")
-    c.latent_sampling = gr.Radio(label="Choose latent sampling method", value="once", choices=LATENT_SAMPLING,
+    c.latent_sampling = gr.Radio(label="Choose latent sampling method", value="once", choices=list(LATENT_SAMPLING),
                                  elem_id="train_latent_sampling_method")
     with gr.Row():
         c.settings_file = gr.Dropdown(label="Training settings to load", choices=[], allow_custom_value=True,
