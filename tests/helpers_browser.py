@@ -78,3 +78,13 @@ def fill_train_form(page, dataset, log_dir, steps, preview_every, save_every, si
     fill(page, "train_save_embedding_every", save_every)
     for elem_id in ("train_training_width", "train_training_height"):
         fill(page, elem_id, size)
+
+
+def tmp_workspace(tmp_path):
+    """A workspace whose every folder lies in the test's temp dir (templates: the shipped ones)."""
+    from trainer.workspace import Folders, Workspace
+
+    folders = Folders(ckpt_dir=tmp_path / "ckpt", embeddings_dir=tmp_path / "embeddings",
+                      hypernetwork_dir=tmp_path / "hn", templates_dir=ROOT / "textual_inversion_templates",
+                      outputs_dir=tmp_path / "outputs")
+    return Workspace(folders, "cpu")

@@ -3,11 +3,10 @@ import re
 
 import pytest
 
-from helpers_browser import (ROOT, browser_page, fill, fill_train_form, open_train_subtab, require_chromium,
-                             served_app, wait_for)
+from helpers_browser import (browser_page, fill, fill_train_form, open_train_subtab, require_chromium,
+                             served_app, tmp_workspace, wait_for)
 from helpers_images import make_dataset
 from trainer.hypernetwork import read_hypernetwork
-from trainer.workspace import Folders, Workspace
 
 pytestmark = pytest.mark.browser
 
@@ -20,9 +19,7 @@ def output_text(page):
 def test_create_and_train_a_hypernetwork_with_previews(tmp_path):
     require_chromium()
     data = make_dataset(tmp_path / "data", size=(64, 64))
-    folders = Folders(ckpt_dir=tmp_path / "ckpt", embeddings_dir=tmp_path / "embeddings",
-                      hypernetwork_dir=tmp_path / "hn", templates_dir=ROOT / "textual_inversion_templates")
-    ws = Workspace(folders, "cpu")
+    ws = tmp_workspace(tmp_path)
     with served_app(ws) as demo, browser_page(demo.local_url) as page:
         # The subtabs in the reference's order
         page.get_by_role("tab", name="Train", exact=True).first.click()

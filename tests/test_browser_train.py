@@ -3,11 +3,10 @@ import re
 
 import pytest
 
-from helpers_browser import (ROOT, browser_page, fill, fill_train_form, open_train_subtab, require_chromium,
-                             served_app, wait_for)
+from helpers_browser import (browser_page, fill, fill_train_form, open_train_subtab, require_chromium,
+                             served_app, tmp_workspace, wait_for)
 from helpers_images import make_dataset
 from trainer.embeddings import read_embedding_file
-from trainer.workspace import Folders, Workspace
 
 pytestmark = pytest.mark.browser
 
@@ -25,9 +24,7 @@ def current_step(page):
 def test_create_train_preview_interrupt_and_resume(tmp_path):
     require_chromium()
     data = make_dataset(tmp_path / "data", size=(64, 64))
-    folders = Folders(ckpt_dir=tmp_path / "ckpt", embeddings_dir=tmp_path / "embeddings",
-                      hypernetwork_dir=tmp_path / "hn", templates_dir=ROOT / "textual_inversion_templates")
-    ws = Workspace(folders, "cpu")
+    ws = tmp_workspace(tmp_path)
     with served_app(ws) as demo, browser_page(demo.local_url) as page:
         # Create embedding
         open_train_subtab(page, "Create embedding")

@@ -1,11 +1,9 @@
 """The txt2img tab in Chromium: the prompt as parsed while typing, the token counter, Generate, infotext."""
-
 import pytest
 
-from helpers_browser import ROOT, browser_page, fill, require_chromium, served_app, wait_for
+from helpers_browser import browser_page, fill, require_chromium, served_app, tmp_workspace, wait_for
 from trainer.embeddings import create_embedding
 from trainer.sampling import read_infotext
-from trainer.workspace import Folders, Workspace
 
 pytestmark = pytest.mark.browser
 
@@ -13,13 +11,10 @@ pytestmark = pytest.mark.browser
 
 def test_type_a_prompt_see_it_parsed_and_generate(tmp_path):
     require_chromium()
-    folders = Folders(ckpt_dir=tmp_path / "ckpt", embeddings_dir=tmp_path / "embeddings",
-                      hypernetwork_dir=tmp_path / "hn", templates_dir=ROOT / "textual_inversion_templates",
-                      outputs_dir=tmp_path / "outputs")
-    ws = Workspace(folders, "cpu")
+    ws = tmp_workspace(tmp_path)
     model = ws.model
     create_embedding(model.tokenizer, model.text_encoder, "my-style", num_vectors=3,
-                     embeddings_dir=folders.embeddings_dir, checkpoint_hash=model.checkpoint_hash)
+                     embeddings_dir=ws.folders.embeddings_dir, checkpoint_hash=model.checkpoint_hash)
     with served_app(ws) as demo, browser_page(demo.local_url) as page:
         page.get_by_role("tab", name="txt2img", exact=True).click()
         fill(page, "txt2img_prompt", "a ((castle)) in [fog:rain:0.5], my-style")

@@ -27,9 +27,9 @@ from .hypernetwork import (HypernetworkFolder, HypernetworkReadError, context_wi
 from .hypernetwork_attention import apply_hypernetworks, extract_hypernetwork_tags
 from .sampling import save_png_with_infotext, txt2img
 from .train_config import TrainConfig
-from .training_common import (LoopParts, TrainResult, build_dataset, denoising_loss, end_message, make_accelerator,
-                              parse_schedules, prepare_log_dir, preview_params, report_data_parallel,
-                              resolve_template, restore_optimizer_state, run_training_loop, seeded_randomness)
+from .training_common import (LoopParts, TrainResult, denoising_loss, end_message, prepare_log_dir, preview_params,
+                              report_data_parallel, resolve_template, restore_optimizer_state, run_training_loop,
+                              start_run)
 
 DEFAULT_LEARN_RATE = "0.00001"
 WEIGHT_DECAY = 0.01  # torch's AdamW default, which the reference uses
@@ -96,13 +96,10 @@ def train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir,
         warnings.append(f"Modules {unused} of '{cfg.name}' match no attention width of this model "
                         f"({widths}); they stay as they are.")
     start_step = hypernetwork.step or 0
-    lr_schedule, clip_schedule = parse_schedules(cfg, start_step, "Hypernetwork")
-    accelerator = accelerator or make_accelerator(model.device.type, cfg.grad_accum)
+    run = start_run(model, cfg, start_step, "Hypernetwork", accelerator, warnings, emit, should_stop)
+    accelerator, seed, rng, generator = run.accelerator, run.seed, run.rng, run.generator
+    lr_schedule, clip_schedule, dataset = run.lr_schedule, run.clip_schedule, run.dataset
     is_main = accelerator.is_main_process
-    seed, rng, generator = seeded_randomness(cfg, accelerator)
-    for message in warnings:
-        emit({"type": "message", "text": "Warning: " + message})
-    dataset = build_dataset(model, cfg, seed, emit, should_stop, warnings)
 
     log_dir = None
     if is_main and cfg.log_dir:

@@ -16,9 +16,9 @@ from .embeddings import (Embedding, load_embeddings_dir, load_optimizer_state, s
 from .errors import UserError
 from .sampling import save_png_with_infotext, txt2img
 from .train_config import TrainConfig
-from .training_common import (LoopParts, TrainResult, build_dataset, denoising_loss, end_message, make_accelerator,
-                              parse_schedules, prepare_log_dir, preview_params, report_data_parallel,
-                              resolve_template, restore_optimizer_state, run_training_loop, seeded_randomness)
+from .training_common import (LoopParts, TrainResult, denoising_loss, end_message, prepare_log_dir, preview_params,
+                              report_data_parallel, resolve_template, restore_optimizer_state, run_training_loop,
+                              start_run)
 
 
 class TrainableVectors(torch.nn.Module):
@@ -65,13 +65,10 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
                         "in the training prompts, so it will not learn anything.")
     embedding, embedding_path = find_embedding(embeddings_dir, cfg.name, model.text_width)
     start_step = embedding.step or 0
-    lr_schedule, clip_schedule = parse_schedules(cfg, start_step, "Embedding")
-    accelerator = accelerator or make_accelerator(model.device.type, cfg.grad_accum)
+    run = start_run(model, cfg, start_step, "Embedding", accelerator, warnings, emit, should_stop)
+    accelerator, seed, rng, generator = run.accelerator, run.seed, run.rng, run.generator
+    lr_schedule, clip_schedule, dataset = run.lr_schedule, run.clip_schedule, run.dataset
     is_main = accelerator.is_main_process
-    seed, rng, generator = seeded_randomness(cfg, accelerator)
-    for message in warnings:
-        emit({"type": "message", "text": "Warning: " + message})
-    dataset = build_dataset(model, cfg, seed, emit, should_stop, warnings)
 
     log_dir = None
     if is_main and cfg.log_dir:

@@ -288,3 +288,29 @@ def restore_optimizer_state(optimizer, state, emit, what: str):
         emit({"type": "message", "text": f"Resumed the optimizer state saved beside the {what}."})
     except (ValueError, KeyError, RuntimeError):
         emit({"type": "message", "text": "Saved optimizer state does not match; starting it fresh."})
+
+
+@dataclass
+class RunStart:
+    """What both trainers set up the same way once they know the step they start from."""
+
+    lr_schedule: object
+    clip_schedule: object
+    accelerator: Accelerator
+    seed: int
+    rng: random.Random
+    generator: torch.Generator
+    dataset: TextualInversionDataset
+
+
+def start_run(model, cfg, start_step: int, what: str, accelerator, warnings: list, emit, should_stop) -> RunStart:
+    """Schedules (a sentence for bad ones), the accelerator, seeded randomness, the warnings so far, and the
+    dataset with its latents cached."""
+    lr_schedule, clip_schedule = parse_schedules(cfg, start_step, what)
+    accelerator = accelerator or make_accelerator(model.device.type, cfg.grad_accum)
+    seed, rng, generator = seeded_randomness(cfg, accelerator)
+    for message in warnings:
+        emit({"type": "message", "text": "Warning: " + message})
+    dataset = build_dataset(model, cfg, seed, emit, should_stop, warnings)
+    return RunStart(lr_schedule, clip_schedule, accelerator, seed, rng, generator, dataset)
+
