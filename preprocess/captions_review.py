@@ -3,7 +3,7 @@
 This is the engine behind the "Review captions" part of the Preprocess images tab (no gradio here). It works on
 any dataset folder, not only on preprocessing outputs, so that captions can be fixed before training.
 
-- Images are the files training uses (`trainer.dataset.IMAGE_SUFFIXES`), in name order, not recursive.
+- Images are the files training uses (`trainer.image_files.is_dataset_image`), in name order, not recursive.
 - A caption is `<stem>.txt` next to the image, read like preprocessing reads existing captions.
 - Saving writes `<stem>.txt` atomically (temporary file in the same folder, then `os.replace`). An empty
   caption is saved as an empty file: for training that means "no words", while a missing file would mean
@@ -22,11 +22,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from trainer.dataset import IMAGE_SUFFIXES
+from trainer.image_files import is_dataset_image, read_caption
 from trainer.errors import UserError
 from trainer.files import atomic_write_text
 
-from .images import read_caption, save_png_atomic
+from .images import save_png_atomic
 
 THUMBNAIL_SIZE = 256
 THUMBNAIL_FOLDER = "ti-trainer-thumbnails"
@@ -66,7 +66,7 @@ def list_images(folder: str | Path) -> list[Path]:
         raise UserError(f"The folder {path} could not be read ({exc.strerror or exc}).") from None
     images = []
     for entry in entries:
-        if entry.name.startswith(".") or Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+        if not is_dataset_image(Path(entry.name)):
             continue
         try:
             if entry.is_file():

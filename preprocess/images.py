@@ -87,23 +87,6 @@ def _deep_grey_to_l(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
 
 
-def read_caption(image_path: str | Path) -> str | None:
-    """The existing caption: `<stem>.txt` next to the image, stripped; None when there is none."""
-    path = Path(image_path).with_suffix(".txt")
-    if not path.is_file():
-        return None
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    for encoding in ("utf-8-sig", "cp1252", "latin-1"):
-        try:
-            return data.decode(encoding).strip()
-        except UnicodeDecodeError:
-            continue
-    return None  # pragma: no cover - latin-1 decodes everything
-
-
 def cover_crop(image: Image.Image, width: int, height: int) -> Image.Image:
     """Scale `image` to cover width×height and centre-crop it (sub-pixel exact, Lanczos)."""
     iw, ih = image.size

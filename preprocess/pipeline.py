@@ -33,11 +33,12 @@ from typing import Callable
 from PIL import Image, ImageOps
 
 from trainer.errors import UserError
+from trainer.image_files import is_hidden, read_caption
 
 from .autosize import OBJECTIVES, autosize_crop
 from .caption import CAPTION_ACTIONS, BlipCaptioner, combine_caption
 from .focal import FaceFinder, FocalSettings, find_yunet_model, focal_crop
-from .images import ImageReadError, cover_crop, open_image, read_caption, save_png_atomic, write_text_atomic
+from .images import ImageReadError, cover_crop, open_image, save_png_atomic, write_text_atomic
 from .split import split_image
 
 DEBUG_FOLDER = "focal-debug"
@@ -227,7 +228,7 @@ def list_source_files(src: Path) -> list[Path]:
     """The files of `src` that are tried as images, in name order (not recursive)."""
     files = []
     for entry in os.scandir(src):
-        if entry.name.startswith(".") or entry.name.lower().endswith(".txt"):
+        if is_hidden(Path(entry.name)) or entry.name.lower().endswith(".txt"):
             continue
         try:
             if not entry.is_file():

@@ -14,8 +14,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
+from .image_files import list_images, read_caption
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 LEADING_NUMBERS = re.compile(r"^[-\d]+\s*")
 LATENT_SAMPLING = ("once", "deterministic", "random")
 
@@ -57,11 +57,9 @@ def read_template(path: Path) -> list:
 
 def filewords_for(image_path: Path, word_regex: str = "", join_string: str = " ") -> str:
     """The caption of an image: `<stem>.txt` beside it, else the file name without its leading numbers."""
-    caption_file = image_path.with_suffix(".txt")
-    if caption_file.is_file():
-        text = caption_file.read_text(encoding="utf-8", errors="replace").strip()
-    else:
-        text = LEADING_NUMBERS.sub("", image_path.stem)
+    text = read_caption(image_path)
+    if text is None:
+        text = LEADING_NUMBERS.sub("", Path(image_path).stem)
     if word_regex:
         text = join_string.join(re.findall(word_regex, text))
     return text
@@ -77,13 +75,6 @@ def build_prompt(template_lines: list, name: str, filewords: str, rng: random.Ra
     if shuffle_tags:
         rng.shuffle(tags)
     return line.replace("[filewords]", ",".join(tags)).replace("[name]", name)
-
-
-def list_images(folder: Path) -> list:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"Dataset directory {folder} does not exist or is not a folder.")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def open_image(path: Path) -> Image.Image:
