@@ -46,7 +46,10 @@ class Schedule:
 
 def parse_schedule(text: str, max_steps: int, start_step: int = 0, what: str = "learning rate") -> Schedule:
     """Parse a schedule string; raises UserError with the syntax when it makes no sense."""
+    if not str(text).strip():
+        raise UserError(f"The {what} schedule is empty; {SYNTAX_HELP}.")
     pieces = []
+    previous_end = None
     for part in str(text).split(","):
         part = part.strip()
         if not part:
@@ -59,6 +62,11 @@ def parse_schedule(text: str, max_steps: int, start_step: int = 0, what: str = "
             pieces.append((value, max_steps))
             break
         end = _integer(fields[1], text, what)
+        if end != -1 and previous_end is not None and end <= previous_end:
+            raise UserError(f'Invalid {what} schedule "{text}": step {end} does not come after step {previous_end} '
+                            f"(the steps must increase); {SYNTAX_HELP}.")
+        if end != -1:
+            previous_end = end
         if end > start_step:
             pieces.append((value, min(end, max_steps)))
             if end > max_steps:
