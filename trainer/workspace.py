@@ -91,6 +91,8 @@ class Workspace:
         again whenever a file in it was added, removed or changed (a stat walk tells); otherwise the last read
         is reused (the txt2img prompt box asks on every keystroke). The embeddings returned are shared: read only."""
         folder = self.folders.embeddings_dir
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"The embeddings folder {folder} is a file, not a folder.")
         folder.mkdir(parents=True, exist_ok=True)
         model = self.model
         key = (model.checkpoint_hash, model.text_width, folder_fingerprint(folder))
