@@ -228,3 +228,16 @@ def test_an_embeddings_folder_that_is_a_file_is_a_sentence(work):
     assert code == 2 and "is a file, not a folder" in one_sentence(err)
     code, _, err = run_cli(["create-embedding", "--name", "x", "--embeddings-dir", "notafolder"], work)
     assert code == 2 and "is a file, not a folder" in one_sentence(err)
+
+
+def test_a_hypernetwork_being_trained_is_locked_against_overwrite_and_a_second_trainer(work):
+    assert run_cli(["create-hypernetwork", "--name", "hn"], work)[0] == 0
+    folder = work / "models" / "hypernetworks"
+    before = snapshot(folder)
+    with TrainingLock(folder, "hn", "hypernetwork"):  # what a running trainer holds
+        code, _, err = run_cli(["create-hypernetwork", "--name", "hn", "--overwrite"], work)
+        assert code == 2 and "being trained by this app" in one_sentence(err)
+        code, _, err = run_cli(["train-hypernetwork", "--name", "hn", "--dataset", "data", "--width", 64,
+                                "--height", 64, "--steps", 2, "--quiet"], work)
+        assert code == 2 and "already being trained" in one_sentence(err)
+    assert changes(before, snapshot(folder)) == {} and not (work / "textual_inversion").exists()

@@ -84,8 +84,7 @@ class TrainConfig:
                    if f.name not in values and f.default is dataclasses.MISSING
                    and f.default_factory is dataclasses.MISSING]
         if missing:
-            raise UserError(f"{where} lack {' and '.join(missing)}; give them (on the command line: "
-                            f"{' '.join('--' + name for name in missing)}).")
+            raise UserError(f"{where}: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing.")
         return cls(**values)
 
     @classmethod
