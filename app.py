@@ -113,6 +113,8 @@ def main(argv=None) -> int:
     demo = build_app(ws)
     demo.queue(default_concurrency_limit=2)
     allowed = parse_allowed_hosts(args.allowed_hosts) or default_allowed_hosts(server_name)
+    if args.listen or args.allowed_hosts:
+        print("Answering requests addressed to: " + ", ".join(sorted(allowed)) + " (add names with --allowed-hosts)")
     middleware = guard_middleware(allowed, args.port, throttle_logins=auth is not None,
                                   gradio_app=lambda: getattr(demo, "app", None))
     # SIGTERM (kill, systemd, Docker) ends the app like Ctrl-C: the server closes, a running training saves.

@@ -326,13 +326,16 @@ class _Writer:
         png = self.dst / f"{basename}.png"
         txt = self.dst / f"{basename}.txt"
         try:
-            save_png_atomic(image, png)
+            save_png_atomic(image, png, exclusive=not self.config.overwrite)
             self.result.written.append(png)
             if caption:
-                write_text_atomic(caption, txt)
+                write_text_atomic(caption, txt, exclusive=not self.config.overwrite)
                 self.result.captions.append(txt)
             elif self.config.overwrite and txt.is_file():
                 txt.unlink()  # outdated caption of an earlier run's output of the same name
+        except FileExistsError:
+            raise UserError(f"{png.name} or its caption appeared in {self.dst} while preprocessing (is another run "
+                            "writing there?); it was kept, and preprocessing stopped.") from None
         except OSError as exc:
             raise UserError(f"Could not write {png.name} in {self.dst} ({exc.strerror or exc}).") from None
         self.subindex += 1

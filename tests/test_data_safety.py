@@ -19,7 +19,7 @@ from helpers_cli import ROOT, run_cli
 from helpers_corpus import changes, one_sentence, snapshot
 from trainer.embeddings import load_embeddings_dir, read_embedding_file
 from trainer.errors import UserError
-from trainer.files import atomic_write_text
+from trainer.files import atomic_write, atomic_write_text
 from trainer.locks import TrainingLock, lock_path, read_lock
 from trainer.train_config import TrainConfig
 from trainer.workspace import Folders, Workspace
@@ -45,6 +45,9 @@ def test_writes_follow_the_umask_and_keep_an_existing_files_mode(tmp_path, work,
     os.chmod(tmp_path / "shared.txt", 0o664)
     atomic_write_text(tmp_path / "shared.txt", "new")
     assert mode(tmp_path / "shared.txt") == 0o664 and (tmp_path / "shared.txt").read_text() == "new"
+    with pytest.raises(FileExistsError):  # an exclusive write never replaces
+        atomic_write(tmp_path / "shared.txt", lambda temp: open(temp, "w").write("newer"), exclusive=True)
+    assert (tmp_path / "shared.txt").read_text() == "new" and not list(tmp_path.glob(".*.tmp"))
     os.umask(0o077)
     atomic_write_text(tmp_path / "private.txt", "x")
     assert mode(tmp_path / "private.txt") == 0o600

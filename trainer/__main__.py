@@ -296,7 +296,12 @@ def cmd_txt2img(args):
     if targets is None:
         paths = save_txt2img_outputs(results, args.outputs_dir)  # numbered on, like the txt2img tab
     else:
-        paths = [save_png_with_infotext(image, infotext, path) for (image, infotext, _), path in zip(results, targets)]
+        paths = []
+        for (image, infotext, _), path in zip(results, targets):
+            try:
+                paths.append(save_png_with_infotext(image, infotext, path, exclusive=not args.overwrite))
+            except FileExistsError:
+                raise UserError(f"{path} appeared while generating; it was kept, pass --overwrite to replace it.") from None
     for path, (_, infotext, _) in zip(paths, results):
         print(f"{path}\n{infotext}")
     return 0

@@ -37,8 +37,11 @@ def target_mode(path: Path) -> int:
         return 0o666 & ~current_umask()
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(temp_path)`` for a temporary file beside ``path``, then move it over ``path`` atomically."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], exclusive: bool = False) -> Path:
+    """Call ``write(temp_path)`` for a temporary file beside ``path``, then move it over ``path`` atomically.
+
+    ``exclusive``: never replace an existing file - raise FileExistsError instead (the check and the move are
+    one step, a hard link, so two writers racing for one name cannot both win)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -46,12 +49,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     try:
         write(temp)
         os.chmod(temp, target_mode(path))
-        os.replace(temp, path)
+        if exclusive:
+            _link_new(temp, path)
+        else:
+            os.replace(temp, path)
     except BaseException:
         if os.path.exists(temp):
             os.unlink(temp)
         raise
     return path
+
+
+def _link_new(temp: str, path: Path) -> None:
+    """Give ``temp`` the name ``path`` only if nothing has that name (FileExistsError otherwise)."""
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: check, then move (a narrow race remains)
+        if path.exists():
+            raise FileExistsError(f"{path} exists") from None
+        os.replace(temp, path)
+        return
+    os.unlink(temp)
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
