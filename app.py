@@ -83,8 +83,8 @@ def main(argv=None) -> int:
             auth = parse_auth(args.gradio_auth)
         if args.listen and not auth:
             raise ValueError("--listen serves the app to the network; set --gradio-auth user:password too")
-        check_port(server_name, args.port)
         check_folders(args)
+        check_port(server_name, args.port)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -166,7 +166,7 @@ def test_app_start_problems_are_one_sentence_exit_2(tmp_path):
                            (["--port", "abc"], "argument --port"),
                            (["--embeddings-dir", "embeddings-file"], "is a file, not a folder"),
                            (["--bogus"], "unrecognized arguments")):
-        result = run_subprocess([ROOT / "app.py", *args], tmp_path, timeout=60)
+        result = run_subprocess([ROOT / "app.py", "--port", free_port(), *args], tmp_path, timeout=60)
         assert result.returncode == 2 and expected in one_sentence(result.stderr), (args, result.stderr)
 
 

@@ -75,7 +75,7 @@ def train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, *args, **kwarg
 
 
 def _train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir, embeddings=None,
-                       progress=None, should_stop=None, accelerator=None) -> TrainResult:
+                        progress=None, should_stop=None, accelerator=None) -> TrainResult:
     """Train the hypernetwork `cfg.name` (a file in `hypernetwork_dir`) on `cfg.dataset`. `embeddings` (name ->
     vectors) may appear in the prompts. Events and interruption as `train_embedding`."""
     emit = progress or (lambda event: None)

@@ -57,7 +57,7 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, *args, **kwargs) ->
 
 
 def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, other_embeddings=None,
-                    progress=None, should_stop=None, accelerator=None) -> TrainResult:
+                     progress=None, should_stop=None, accelerator=None) -> TrainResult:
     """Train `cfg.name` on `cfg.dataset`. `progress(event: dict)` receives step/preview/saved/message
     events; `should_stop()` is checked before every micro-batch (Interrupt)."""
     emit = progress or (lambda event: None)
