@@ -120,6 +120,9 @@ def test_own_origin_and_scripts_without_origin_reach_the_app(server):
         assert status == 400 and b"Incorrect credentials" in text  # Gradio's own answer: the guard let it by
         request(server, "POST", "/login", {"Host": f"127.0.0.1:{server}", **FORM},
                 "username=user&password=right-password")  # clears the failure count again
+    status, _, _ = request(server, "POST", "/login", {"Host": "localhost", "Origin": "https://localhost", **FORM},
+                           "username=user&password=right-password")  # behind a reverse proxy on port 443
+    assert status == 200
 
 
 def test_the_login_page_carries_no_names_until_logged_in(server):

@@ -5,7 +5,8 @@ so it sees every request, to every route (the page, Gradio's API, and any API mo
   site's own name; such requests carry that name in `Host`. Only the names the server is meant to be reached
   by pass (loopback names by default; the --listen host and --allowed-hosts otherwise). Others get 400.
 * Origin check (cross-site requests): a state-changing request (anything but GET/HEAD/OPTIONS, and every
-  websocket) that carries an `Origin` must come from a page of this very server (allowed name, same port);
+  websocket) that carries an `Origin` must come from a page of this very server (allowed name, and the port
+  served or the very host:port the request was addressed to, as behind a reverse proxy);
   browsers always send `Origin` on such requests, scripts such as gradio_client or curl send none. Others 403.
 * Login slow-down: each failed `/login` from a client makes that client's next attempts wait longer
   (exponential, capped), so passwords cannot be guessed at full speed; a success clears it.
@@ -72,6 +73,17 @@ def parse_allowed_hosts(text: str | None) -> set[str]:
     return out
 
 
+def _host_and_port(value: str | None, scheme: str):
+    """(canonical name, port) of a Host header value; the port defaults to the scheme's."""
+    name = host_name(value)
+    if name is None:
+        return None
+    rest = value.strip().rsplit("]", 1)[-1] if value.strip().startswith("[") else value.strip()
+    port_text = rest.rsplit(":", 1)[1] if ":" in rest and rest.count(":") == 1 else ""
+    port = int(port_text) if port_text.isdigit() else {"http": 80, "https": 443}.get(scheme)
+    return _canonical(name), port
+
+
 def _canonical(name: str) -> str:
     try:
         return str(ipaddress.ip_address(name))
@@ -132,7 +144,7 @@ class RequestGuard:
                                      "(see --allowed-hosts).")
         method = scope.get("method", "GET")
         if (scope["type"] == "websocket" or method not in SAFE_METHODS) and "origin" in headers:
-            if not self.origin_allowed(headers["origin"]):
+            if not self.origin_allowed(headers["origin"], headers.get("host")):
                 return await self.refuse(scope, send, 403, "Requests from pages of another site are not accepted.")
         path = scope.get("path", "")
         if self.throttle is not None and method == "POST" and path in LOGIN_PATHS:
@@ -146,7 +158,9 @@ class RequestGuard:
         name = host_name(value)
         return name is not None and _canonical(name) in self.allowed
 
-    def origin_allowed(self, origin: str) -> bool:
+    def origin_allowed(self, origin: str, host: str | None = None) -> bool:
+        """The page that sent the request is one of this server's: an allowed name, and either the port served
+        or exactly the host:port the request was sent to (a reverse proxy in front, on its own port)."""
         try:
             parts = urlsplit(origin.strip())
             port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
@@ -154,9 +168,12 @@ class RequestGuard:
             return False
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return False  # "null" (sandboxed frames, file: pages) and anything odd
-        if not self.any_host and _canonical(parts.hostname.lower()) not in self.allowed:
+        name = _canonical(parts.hostname.lower())
+        if not self.any_host and name not in self.allowed:
             return False
-        return self.port is None or port == self.port
+        if self.port is None or port == self.port:
+            return True
+        return (name, port) == _host_and_port(host, parts.scheme)
 
     def needs_login(self, headers: dict) -> bool:
         app = self.gradio_app()
