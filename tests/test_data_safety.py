@@ -244,3 +244,22 @@ def test_a_hypernetwork_being_trained_is_locked_against_overwrite_and_a_second_t
                                 "--height", 64, "--steps", 2, "--quiet"], work)
         assert code == 2 and "already being trained" in one_sentence(err)
     assert changes(before, snapshot(folder)) == {} and not (work / "textual_inversion").exists()
+
+
+def test_the_page_says_why_a_checkpoint_did_not_load_and_keeps_the_model(tmp_path, demo_model):
+    from gradio_client import Client
+
+    from webui.app import build_app
+
+    ckpt_dir = tmp_path / "ckpt"
+    ckpt_dir.mkdir()
+    (ckpt_dir / "broken.ckpt").write_bytes(b"not a checkpoint at all")
+    ws = Workspace(Folders(ckpt_dir=ckpt_dir, embeddings_dir=tmp_path / "emb"), "cpu", model=demo_model)
+    demo = build_app(ws)
+    demo.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        value, status, _ = Client(demo.local_url, verbose=False).predict("broken.ckpt", api_name="/switch_checkpoint")
+    finally:
+        demo.close()
+    assert value["value"] == "demo" and status.startswith("**Error:**") and status.endswith("demo stays loaded.")
+    assert ws.model is demo_model
