@@ -4,6 +4,8 @@ Serves on http://127.0.0.1:7860 with no download and no GPU needed (the embedded
 """
 import argparse
 import os
+import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -12,10 +14,21 @@ for key, value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "GRAD
     os.environ.setdefault(key, value)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag or value is one line naming it (not the usage block), exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"error: {message} (see --help).\n")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Textual inversion trainer (the AUTOMATIC1111 Train tab, standalone)")
+    parser = OneLineParser(description="Textual inversion trainer (the AUTOMATIC1111 Train tab, standalone)")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 (requires --gradio-auth)")
+    parser.add_argument("--listen", nargs="?", const="0.0.0.0", default=None, metavar="HOST",
+                        help="serve to the network: on HOST, or on every interface (requires --gradio-auth)")
+    parser.add_argument("--allowed-hosts", default=None,
+                        help="host names the browser may use to reach the server, comma-separated (default: "
+                             "loopback names, plus the --listen host or this machine's names); * allows any")
     parser.add_argument("--gradio-auth", default=None, help="user:password[,user2:password2]")
     parser.add_argument("--model", default=None, help='checkpoint to load at start: "demo", a name in --ckpt-dir, or a path')
     parser.add_argument("--ckpt-dir", default="models/Stable-diffusion")
@@ -25,6 +38,27 @@ def parse_args(argv=None):
     parser.add_argument("--outputs-dir", default="outputs", help="where txt2img images are kept")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
     return parser.parse_args(argv)
+
+
+def check_port(host: str, port: int) -> None:
+    """ValueError with a sentence when the port is not one, or is taken (checked before anything loads)."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port must be a number from 1 to 65535, not {port}")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as e:
+        raise ValueError(f"port {port} on {host} cannot be used ({e.strerror or e}); is another server running "
+                         "there? Choose another with --port") from None
+
+
+def check_folders(args) -> None:
+    for flag, value in (("--ckpt-dir", args.ckpt_dir), ("--embeddings-dir", args.embeddings_dir),
+                        ("--hypernetwork-dir", args.hypernetwork_dir),
+                        ("--textual-inversion-templates-dir", args.textual_inversion_templates_dir),
+                        ("--outputs-dir", args.outputs_dir)):
+        if Path(value).exists() and not Path(value).is_dir():
+            raise ValueError(f"{flag} {value} is a file, not a folder")
 
 
 def parse_auth(text: str):
@@ -38,13 +72,19 @@ def parse_auth(text: str):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:  # --help, or a bad flag (already said in one line)
+        return e.code if isinstance(e.code, int) else 2
     auth = None
+    server_name = args.listen or "127.0.0.1"
     try:
         if args.gradio_auth:
             auth = parse_auth(args.gradio_auth)
         if args.listen and not auth:
             raise ValueError("--listen serves the app to the network; set --gradio-auth user:password too")
+        check_folders(args)
+        check_port(server_name, args.port)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -53,6 +93,7 @@ def main(argv=None) -> int:
     from trainer.workspace import Folders, Workspace
     from webui.app import build_app
     from webui.job_view import CSS
+    from webui.security import default_allowed_hosts, guard_middleware, parse_allowed_hosts
 
     folders = Folders(Path(args.ckpt_dir), Path(args.embeddings_dir), Path(args.hypernetwork_dir),
                       Path(args.textual_inversion_templates_dir), Path(args.outputs_dir))
@@ -71,9 +112,38 @@ def main(argv=None) -> int:
         print(f"Skipped {len(skipped)}: " + ", ".join(f"{name} ({reason})" for name, (_, reason) in sorted(skipped.items())))
     demo = build_app(ws)
     demo.queue(default_concurrency_limit=2)
-    demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, auth=auth,
-                css=CSS, footer_links=[], show_error=True)
-    return 0
+    allowed = parse_allowed_hosts(args.allowed_hosts) or default_allowed_hosts(server_name)
+    if args.listen or args.allowed_hosts:
+        print("Answering requests addressed to: " + ", ".join(sorted(allowed)) + " (add names with --allowed-hosts)")
+    middleware = guard_middleware(allowed, args.port, throttle_logins=auth is not None,
+                                  gradio_app=lambda: getattr(demo, "app", None))
+    # SIGTERM (kill, systemd, Docker) ends the app like Ctrl-C: the server closes, a running training saves.
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    try:
+        demo.launch(server_name=server_name, server_port=args.port, auth=auth, css=CSS, footer_links=[],
+                    show_error=True, app_kwargs={"middleware": middleware})
+    except OSError as e:  # the port was taken between the check and now
+        print(f"error: cannot serve on {server_name}:{args.port} ({e}).", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return finish_running_job(ws)
+
+
+def raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def finish_running_job(ws) -> int:
+    """After Ctrl-C or SIGTERM: a running job is interrupted and allowed to save before the process ends."""
+    job = ws.runner.current
+    if job is None or not job.running:
+        return 0
+    print(f"Stopping: {job.title} is interrupted and saves what it has...", file=sys.stderr)
+    ws.runner.interrupt()
+    job = ws.runner.wait()
+    print(job.message or f"{job.title}: {job.state}.", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Existing caption txt action (default %(default)s)")
     p.add_argument("--keep-original-size", action="store_true", help="Keep original size")
     p.add_argument("--flip", action="store_true", help="Create flipped copies")
+    p.add_argument("--overwrite", action="store_true",
+                   help="number outputs from 0 and replace earlier ones in DST (default: number on after them)")
 
     g = p.add_argument_group("Split oversized images")
     g.add_argument("--split", action="store_true", help="Split oversized images")
@@ -106,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         tq.update(event["done"] - tq.n)
 
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_interrupt) if in_main_thread else None
+    signals = (signal.SIGINT, signal.SIGTERM)  # SIGTERM (kill, systemd, Docker) stops like Ctrl-C
+    previous = {sig: signal.signal(sig, on_interrupt) for sig in signals} if in_main_thread else {}
     try:
         result = run_preprocess(config, progress=progress, should_stop=lambda: stop["requested"])
     except UserError as exc:
@@ -123,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: unexpected error: {type(exc).__name__}: {text}", file=sys.stderr)
         return 1
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     _close(bar)
 
     for skipped in result.skipped:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from trainer.files import atomic_write, atomic_write_text
+from trainer.files import atomic_write
 
 WHITE = (255, 255, 255)
 
@@ -99,14 +99,15 @@ def cover_crop(image: Image.Image, width: int, height: int) -> Image.Image:
     return image.resize((width, height), Image.Resampling.LANCZOS, box=box)
 
 
-def save_png_atomic(image: Image.Image, path: str | Path) -> Path:
-    """Write `image` as PNG to `path` atomically (temporary file in the same folder, then `os.replace`)."""
-    return atomic_write(path, lambda temp: image.save(temp, format="PNG", compress_level=4))
+def save_png_atomic(image: Image.Image, path: str | Path, exclusive: bool = False) -> Path:
+    """Write `image` as PNG to `path` atomically (temporary file in the same folder, then `os.replace`);
+    `exclusive`: FileExistsError rather than replacing an existing file."""
+    return atomic_write(path, lambda temp: image.save(temp, format="PNG", compress_level=4), exclusive=exclusive)
 
 
-def write_text_atomic(text: str, path: str | Path) -> Path:
+def write_text_atomic(text: str, path: str | Path, exclusive: bool = False) -> Path:
     """Write UTF-8 `text` to `path` atomically."""
-    return atomic_write_text(path, text)
+    return atomic_write(path, lambda temp: Path(temp).write_bytes(text.encode("utf-8")), exclusive=exclusive)
 
 
 def _pixel_count(exc: Exception) -> str:

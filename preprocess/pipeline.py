@@ -7,10 +7,12 @@ cover the target and centre-cropped. Every output may get a mirrored copy (next 
 (`<output stem>.txt`). Output names are `{index:05}-{subindex}-{source stem}.png`.
 
 Choices, where the reference (A1111 v1.6) left room or had a quirk:
-- Files are taken in name order; `index` counts the images actually read, from 0 on every run (the
-  reference counted every directory entry, so unreadable files left gaps). Like the reference, outputs of an
-  earlier run with the same names are overwritten; an outdated `<output stem>.txt` next to an overwritten
-  output is removed when the new output has no caption.
+- Files are taken in name order; `index` counts the images actually read (the reference counted every
+  directory entry, so unreadable files left gaps). Unlike the reference, a run into a destination that already
+  holds outputs numbers on after the highest `NNNNN-` there, so nothing written before (or a caption the user
+  edited) is replaced; with `overwrite` the numbering starts at 0 again, outputs of the same names are
+  replaced, and an outdated `<output stem>.txt` next to a replaced output is removed when the new output has
+  no caption.
 - `.txt` files (captions) and hidden files are not tried as images; sub-folders are ignored. Other files that
   are not readable images are listed in `skipped` with the reason.
 - Focal crop runs when the image's aspect differs from the target's (the reference ran it for every
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -79,6 +82,7 @@ class PreprocessConfig:
     max_length: int = 48
     yunet_model: str | Path | None = None  # None: models/opencv/face_detection_yunet*.onnx when present
     device: str | None = None  # for BLIP; None: cuda when available, else cpu
+    overwrite: bool = False  # number from 0 and replace earlier outputs (else: number on after them)
 
 
 @dataclass
@@ -138,7 +142,7 @@ def run_preprocess(config: PreprocessConfig, progress: ProgressFn | None = None,
     if progress:
         progress(dict(done=0, total=len(files), message="Preprocessing..."))
     try:
-        index = 0
+        index = 0 if config.overwrite else next_free_index(dst)
         for done, path in enumerate(files, start=1):
             if should_stop is not None and should_stop():
                 result.interrupted = True
@@ -222,6 +226,15 @@ def validate_config(config: PreprocessConfig) -> PreprocessConfig:
         if config.max_length < config.min_length:
             raise UserError("The BLIP maximum caption length is below the minimum length.")
     return replace(config, src=src, dst=dst, caption=config.caption or "")
+
+
+OUTPUT_NUMBER = re.compile(r"^(\d{5,})-\d+-")
+
+
+def next_free_index(dst: Path) -> int:
+    """One more than the highest output number (`NNNNN-` prefix) already in `dst`; 0 for an empty folder."""
+    numbers = [int(match.group(1)) for entry in os.scandir(dst) if (match := OUTPUT_NUMBER.match(entry.name))]
+    return max(numbers, default=-1) + 1
 
 
 def list_source_files(src: Path) -> list[Path]:
@@ -314,13 +327,16 @@ class _Writer:
         png = self.dst / f"{basename}.png"
         txt = self.dst / f"{basename}.txt"
         try:
-            save_png_atomic(image, png)
+            save_png_atomic(image, png, exclusive=not self.config.overwrite)
             self.result.written.append(png)
             if caption:
-                write_text_atomic(caption, txt)
+                write_text_atomic(caption, txt, exclusive=not self.config.overwrite)
                 self.result.captions.append(txt)
-            elif txt.is_file():
+            elif self.config.overwrite and txt.is_file():
                 txt.unlink()  # outdated caption of an earlier run's output of the same name
+        except FileExistsError:
+            raise UserError(f"{png.name} or its caption appeared in {self.dst} while preprocessing (is another run "
+                            "writing there?); it was kept, and preprocessing stopped.") from None
         except OSError as exc:
             raise UserError(f"Could not write {png.name} in {self.dst} ({exc.strerror or exc}).") from None
         self.subindex += 1

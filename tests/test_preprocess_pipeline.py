@@ -73,11 +73,22 @@ def test_caption_actions(src, tmp_path):
         assert len(list(dst.glob("*.txt"))) == (0 if caption is None else 1)
 
 
-def test_rerun_overwrites_and_removes_outdated_captions(src, tmp_path):
+def test_rerun_numbers_on_and_keeps_edited_captions(src, tmp_path):
+    dst = tmp_path / "out"
+    run_preprocess(PreprocessConfig(src=src, dst=dst, caption_action="copy", **SMALL))
+    (dst / "00000-0-b cat.txt").write_text("my edited caption")
+    first = {p.name: p.read_bytes() for p in dst.iterdir()}
+    result = run_preprocess(PreprocessConfig(src=src, dst=dst, caption_action="ignore", **SMALL))
+    assert result.written_count == 7 and len(png_names(dst)) == 14
+    assert result.written[0].name == "00007-0-b cat.png"  # numbering goes on after the first run's 0..6
+    assert {p.name: p.read_bytes() for p in dst.iterdir() if p.name in first} == first
+
+
+def test_rerun_with_overwrite_replaces_and_removes_outdated_captions(src, tmp_path):
     dst = tmp_path / "out"
     run_preprocess(PreprocessConfig(src=src, dst=dst, caption_action="copy", **SMALL))
     assert (dst / "00000-0-b cat.txt").exists()
-    result = run_preprocess(PreprocessConfig(src=src, dst=dst, caption_action="ignore", **SMALL))
+    result = run_preprocess(PreprocessConfig(src=src, dst=dst, caption_action="ignore", overwrite=True, **SMALL))
     assert result.written_count == 7 and len(png_names(dst)) == 7
     assert not (dst / "00000-0-b cat.txt").exists()
 

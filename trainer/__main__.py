@@ -7,7 +7,8 @@
     python -m trainer train-hypernetwork --name N --dataset DIR [... as train-embedding] [--hypernetwork-dir D]
     python -m trainer txt2img --prompt P [...]
 
-Errors are one line on stderr and exit code 2; Ctrl-C during training interrupts and saves (exit code 130).
+Errors are one line on stderr and exit code 2; Ctrl-C or SIGTERM during training interrupts and saves (exit code
+130).
 """
 import argparse
 import json
@@ -32,8 +33,15 @@ def add_common(parser, embeddings=True):
         parser.add_argument("--embeddings-dir", default="embeddings")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag or value as one line naming it (not the whole usage), exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see --help).\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description="Textual inversion, headless.")
+    parser = OneLineParser(prog="python -m trainer", description="Textual inversion, headless.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("create-embedding", help="create an empty embedding from initialization text")
@@ -86,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--batch-count", type=int, default=1)
-    p.add_argument("--out", default="outputs/txt2img.png")
+    p.add_argument("--out", default=None, help="file to write (with --batch-count N: name-0.png ...); default: "
+                                              "numbered files in OUTPUTS_DIR/txt2img-images/<date>/")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--outputs-dir", default="outputs")
     p.add_argument("--hypernetwork-dir", default="models/hypernetworks")
     add_common(p)
     return parser
@@ -162,11 +173,11 @@ CONFIG_FIELDS = ("name", "dataset", "log_dir", "template", "learn_rate", "batch_
 def train_config_from_args(args, default_learn_rate: str | None = None):
     """Defaults (`default_learn_rate` for the learning rate when given), overridden by --settings, overridden by
     the flags actually given."""
-    from .train_config import PreviewSettings, TrainConfig
+    from .train_config import PreviewSettings, TrainConfig, read_settings_file, settings_values
 
     values = {"learn_rate": default_learn_rate} if default_learn_rate else {}
-    if getattr(args, "settings", None):
-        values.update(TrainConfig.load(args.settings).to_json())
+    if getattr(args, "settings", None):  # may lack name/dataset: --name/--dataset fill them in
+        values.update(settings_values(read_settings_file(args.settings), f"Settings file {args.settings}"))
     given = vars(args)
     values.update({key: given[key] for key in CONFIG_FIELDS if key in given})
     values["model"] = args.model
@@ -191,12 +202,14 @@ def run_training(args, cfg, train):
     args.device = str(accelerator.device)
     ws = make_workspace(args)
     stop = threading.Event()
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: stop, save, exit 130
+    # Ctrl-C, and SIGTERM (what kill, systemd, Docker and job schedulers send): stop, save, exit 130
+    previous_handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     progress = ConsoleProgress(enabled=not args.quiet and accelerator.is_main_process)
     try:
         result = train(ws, progress, stop.is_set, accelerator)
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
     if accelerator.is_main_process:
         for warning in result.warnings:
             print(f"Warning: {warning}", file=sys.stderr)
@@ -264,16 +277,32 @@ def cmd_list_embeddings(args):
 def cmd_txt2img(args):
     from pathlib import Path
 
-    from .sampling import Txt2ImgParams, save_png_with_infotext, txt2img
+    from .sampling import Txt2ImgParams, save_png_with_infotext, save_txt2img_outputs, txt2img
 
+    targets = None
+    if args.out is not None:  # checked before any work: an existing file is never replaced without --overwrite
+        out = Path(args.out)
+        targets = [out] if args.batch_count == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}")
+                                                         for i in range(max(args.batch_count, 0))]
+        for target in targets:
+            if target.is_dir():
+                raise UserError(f"--out {target} is a folder; give a file name like {target / 'image.png'}.")
+            if target.exists() and not args.overwrite:
+                raise UserError(f"{target} already exists; pass --overwrite to replace it or choose another --out.")
     ws = make_workspace(args)
     params = Txt2ImgParams(args.prompt, args.negative_prompt, args.sampler, args.steps, args.cfg_scale, args.seed,
                            args.width, args.height, args.batch_count)
     results = txt2img(ws.model, params, ws.embedding_vectors(), hypernetworks=ws.hypernetwork_library())
-    out = Path(args.out)
-    for i, (image, infotext, seed) in enumerate(results):
-        path = out if len(results) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
-        save_png_with_infotext(image, infotext, path)
+    if targets is None:
+        paths = save_txt2img_outputs(results, args.outputs_dir)  # numbered on, like the txt2img tab
+    else:
+        paths = []
+        for (image, infotext, _), path in zip(results, targets):
+            try:
+                paths.append(save_png_with_infotext(image, infotext, path, exclusive=not args.overwrite))
+            except FileExistsError:
+                raise UserError(f"{path} appeared while generating; it was kept, pass --overwrite to replace it.") from None
+    for path, (_, infotext, _) in zip(paths, results):
         print(f"{path}\n{infotext}")
     return 0
 
@@ -289,7 +318,10 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad flag (already said in one line)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

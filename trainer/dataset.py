@@ -47,7 +47,9 @@ class DatasetReport:
 def read_template(path: Path) -> list:
     try:
         lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        raise UserError(f"Prompt template {path} is not UTF-8 text; save it as UTF-8.") from None
+    except OSError as e:
         raise UserError(f"Cannot read prompt template {path}: {e.strerror or e}.") from None
     lines = [line for line in lines if line]
     if not lines:

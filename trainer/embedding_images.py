@@ -242,6 +242,9 @@ def write_image_embedding(embedding: Embedding, preview_image: Image.Image, path
     return atomic_write(path, lambda temp: picture.save(temp, format="PNG", pnginfo=info))
 
 
+MAX_EMBEDDING_IMAGE_PIXELS = 4096 * 4096  # embedding images are previews of a few hundred pixels a side
+
+
 def read_image_embedding(path: str | os.PathLike) -> Embedding | None:
     """The embedding an image carries (text chunk first, then the pixel panels), or None if it carries none.
 
@@ -251,6 +254,11 @@ def read_image_embedding(path: str | os.PathLike) -> Embedding | None:
     path = Path(path)
     try:
         with Image.open(path) as image:
+            width, height = image.size  # from the header: nothing is decoded yet
+            if width * height > MAX_EMBEDDING_IMAGE_PIXELS:  # reading its text chunks would decode every pixel
+                raise EmbeddingReadError(
+                    f"the image is {width}x{height} pixels, larger than an embedding image can be "
+                    f"(at most {MAX_EMBEDDING_IMAGE_PIXELS // 1_000_000} megapixels), so it was not decoded")
             text = getattr(image, "text", None) or {}
             if TEXT_CHUNK_KEY in text:
                 data = data_from_b64(text[TEXT_CHUNK_KEY])

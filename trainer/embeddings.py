@@ -40,6 +40,8 @@ from trainer.embedding_files import (
 )
 from trainer.embedding_images import IMAGE_EXTENSIONS, read_image_embedding, write_image_embedding
 from trainer.errors import UserError
+from trainer.locks import refuse_if_locked
+from trainer.names import check_name_length, find_named_file
 
 EMBEDDING_EXTENSIONS = PICKLE_EXTENSIONS + SAFETENSORS_EXTENSIONS + IMAGE_EXTENSIONS
 MAX_VECTORS = 75  # one 75-token prompt chunk
@@ -90,11 +92,8 @@ def _init_vectors(tokenizer, text_encoder, init_text: str, num_vectors: int) -> 
 
 
 def _existing_embedding_file(embeddings_dir: Path, name: str) -> Path | None:
-    for suffix in EMBEDDING_EXTENSIONS:
-        candidate = embeddings_dir / f"{name}{suffix}"
-        if candidate.exists():
-            return candidate
-    return None
+    """The file of that name anywhere under the folder (a name exists once, subfolders included)."""
+    return find_named_file(embeddings_dir, name, EMBEDDING_EXTENSIONS)
 
 
 def create_embedding(
@@ -122,6 +121,7 @@ def create_embedding(
     clean = clean_embedding_name(name)
     if not any(ch.isalnum() for ch in clean):
         raise UserError("Please enter a name for the embedding: letters, digits, spaces and . _ - are allowed.")
+    check_name_length(clean, "embedding")
     try:
         count = int(num_vectors)
     except (TypeError, ValueError):
@@ -129,11 +129,14 @@ def create_embedding(
     if count != num_vectors or not 1 <= count <= MAX_VECTORS:
         raise UserError(f"The number of vectors per token must be a whole number from 1 to {MAX_VECTORS}.")
     directory = Path(embeddings_dir)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"The embeddings folder {directory} is a file, not a folder.")
     existing = _existing_embedding_file(directory, clean)
     if existing is not None and not overwrite:
         raise UserError(
             f"An embedding named '{clean}' already exists ({existing}); tick 'Overwrite Old Embedding' to replace it."
         )
+    refuse_if_locked(directory, clean, "embedding", "overwritten")
     embedding = Embedding(
         name=clean,
         vectors=_init_vectors(tokenizer, text_encoder, init_text, count),
@@ -142,8 +145,8 @@ def create_embedding(
         sd_checkpoint_name=checkpoint_name,
     )
     target = directory / f"{clean}.{file_format}"
-    if existing is not None and Path(existing).suffix.lower() in (".pt", ".safetensors"):
-        target = Path(existing)
+    if existing is not None:  # replaced where it is, keeping its format (a picture's becomes a .pt beside it)
+        target = existing if existing.suffix.lower() in (".pt", ".safetensors") else existing.with_suffix(".pt")
     path = save_embedding(embedding, target)
     embedding.filename = str(path)
     return path

@@ -33,6 +33,8 @@ from .embedding_files import load_weights_only, torch_save_compatible
 from .embeddings import EmbeddingReadError, clean_embedding_name
 from .errors import UserError
 from .files import atomic_write
+from .locks import refuse_if_locked
+from .names import check_name_length
 
 #: The sizes the reference offers in "Modules", and the ones it ticks by default (SD 1.x).
 REFERENCE_SIZES = (768, 1024, 320, 640, 1280)
@@ -480,6 +482,9 @@ def create_hypernetwork(name: str, sizes, layer_structure=DEFAULT_LAYER_STRUCTUR
     clean = clean_embedding_name(name)
     if not any(ch.isalnum() for ch in clean):
         raise UserError("Please enter a name for the hypernetwork: letters, digits, spaces and . _ - are allowed.")
+    check_name_length(clean, "hypernetwork")
+    if Path(hypernetwork_dir).exists() and not Path(hypernetwork_dir).is_dir():
+        raise UserError(f"The hypernetworks folder {hypernetwork_dir} is a file, not a folder.")
     sizes = parse_sizes(sizes)
     structure = parse_layer_structure(layer_structure)
     activation = (activation or "linear").strip().lower()
@@ -491,10 +496,12 @@ def create_hypernetwork(name: str, sizes, layer_structure=DEFAULT_LAYER_STRUCTUR
     too_small = [s for s in sizes if any(int(s * f) < 1 for f in structure)]
     if too_small:
         raise UserError(f"Layer structure {_format_numbers(structure)} leaves no units for module size {too_small[0]}.")
-    path = Path(hypernetwork_dir) / f"{clean}{EXTENSION}"
-    if path.exists() and not overwrite:
+    existing = list_hypernetworks(hypernetwork_dir).get(clean)  # anywhere under the folder: a name exists once
+    path = existing or Path(hypernetwork_dir) / f"{clean}{EXTENSION}"
+    if existing is not None and not overwrite:
         raise UserError(f"A hypernetwork named '{clean}' already exists ({path}); tick 'Overwrite Old "
                         "Hypernetwork' to replace it.")
+    refuse_if_locked(hypernetwork_dir, clean, "hypernetwork", "overwritten")
     hypernetwork = Hypernetwork(clean, sizes, structure, activation, weight_init, layer_norm, bool(use_dropout),
                                 dropout, activate_output=False, sd_checkpoint=checkpoint_hash,
                                 sd_checkpoint_name=checkpoint_name).initialise(seed)

@@ -18,6 +18,7 @@ whose context width no active hypernetwork knows runs through the processor that
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import threading
 from collections.abc import Mapping
@@ -196,6 +197,9 @@ def extract_hypernetwork_tags(prompt: str) -> tuple[str, list[tuple[str, float]]
             except ValueError:
                 raise UserError(f"The multiplier in {match.group(0)} is not a number; write it like "
                                 f"<hypernet:{name}:0.8>.") from None
+            if not math.isfinite(multiplier):
+                raise UserError(f"The multiplier in {match.group(0)} is not a finite number; write it like "
+                                f"<hypernet:{name}:0.8>.")
         if name:
             found.append((name, multiplier))
         return ""

@@ -22,6 +22,7 @@ from diffusers import DDPMScheduler
 from .conditioning import PromptEncoder
 from .dataset import read_template
 from .errors import UserError
+from .locks import training_lock
 from .hypernetwork import (HypernetworkFolder, HypernetworkReadError, context_widths, list_hypernetworks,
                            load_optimizer_state, read_hypernetwork, save_hypernetwork, save_optimizer_state)
 from .hypernetwork_attention import apply_hypernetworks, extract_hypernetwork_tags
@@ -67,8 +68,14 @@ class CachedConditioning:
             return torch.stack(rows).to(self.device)
 
 
-def train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir, embeddings=None,
-                       progress=None, should_stop=None, accelerator=None) -> TrainResult:
+def train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, *args, **kwargs) -> TrainResult:
+    """Train the hypernetwork `cfg.name` (arguments as `_train_hypernetwork`) holding its training lock."""
+    with training_lock(hypernetwork_dir, cfg.name, "hypernetwork", kwargs.get("accelerator")):
+        return _train_hypernetwork(model, cfg, hypernetwork_dir, *args, **kwargs)
+
+
+def _train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir, embeddings=None,
+                        progress=None, should_stop=None, accelerator=None) -> TrainResult:
     """Train the hypernetwork `cfg.name` (a file in `hypernetwork_dir`) on `cfg.dataset`. `embeddings` (name ->
     vectors) may appear in the prompts. Events and interruption as `train_embedding`."""
     emit = progress or (lambda event: None)

@@ -14,9 +14,7 @@ uses seed + k, as in the reference. Noise is not bit-compatible with the referen
 import dataclasses
 import inspect
 import json
-import os
 import secrets
-import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from .conditioning import PromptEncoder
 from .errors import UserError
+from .files import atomic_write
 from .hypernetwork_attention import apply_hypernetworks, resolve_prompt_hypernetworks
 from .prompt_parser import prompt_schedule, split_and
 from .samplers import SAMPLERS, make_scheduler, sampler_spec
@@ -314,22 +313,14 @@ def format_infotext(params: Txt2ImgParams, seed: int, model: SDModel | None = No
     return f"{params.prompt}{negative}\n{settings}".strip()
 
 
-def save_png_with_infotext(image: Image.Image, infotext: str, path) -> Path:
-    """Write `image` as a PNG carrying `infotext` in a `parameters` text chunk, atomically (temp + replace)."""
+def save_png_with_infotext(image: Image.Image, infotext: str, path, exclusive: bool = False) -> Path:
+    """Write `image` as a PNG carrying `infotext` in a `parameters` text chunk, atomically (temp + replace);
+    `exclusive`: FileExistsError rather than replacing an existing file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     info.add_text("parameters", infotext)  # tEXt, or iTXt when the text is not Latin-1
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            image.save(file, format="PNG", pnginfo=info)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda temp: image.save(temp, format="PNG", pnginfo=info), exclusive=exclusive)
     return path
 
 
@@ -357,7 +348,13 @@ def save_txt2img_outputs(results, outputs_dir) -> list:
     number = max(numbers, default=-1) + 1
     paths = []
     for image, infotext, seed in results:
-        paths.append(save_png_with_infotext(image, infotext, folder / f"{number:05}-{seed}.png"))
+        while True:  # another generation (the page, the CLI) may take a number meanwhile: never replace its file
+            try:
+                paths.append(save_png_with_infotext(image, infotext, folder / f"{number:05}-{seed}.png",
+                                                    exclusive=True))
+                break
+            except FileExistsError:
+                number += 1
         number += 1
     return paths
 

@@ -45,8 +45,11 @@ class Schedule:
 
 
 def parse_schedule(text: str, max_steps: int, start_step: int = 0, what: str = "learning rate") -> Schedule:
-    """Parse a schedule string; raises UserError with the syntax when it makes no sense."""
-    pieces = []
+    """Parse a schedule string; raises UserError with the syntax when it makes no sense (anywhere in it: the
+    whole string is checked, also the part after max steps)."""
+    if not str(text).strip():
+        raise UserError(f"The {what} schedule is empty; {SYNTAX_HELP}.")
+    parsed = []  # (value, end step or None for a bare value)
     for part in str(text).split(","):
         part = part.strip()
         if not part:
@@ -55,17 +58,21 @@ def parse_schedule(text: str, max_steps: int, start_step: int = 0, what: str = "
         if len(fields) > 2:
             raise UserError(f'Invalid {what} schedule "{text}": "{part}" has more than one ":"; {SYNTAX_HELP}.')
         value = _number(fields[0], text, what)
-        if len(fields) == 1:
+        end = _integer(fields[1], text, what) if len(fields) == 2 else None
+        previous = [e for _, e in parsed if e not in (None, -1)]
+        if end not in (None, -1) and previous and end <= previous[-1]:
+            raise UserError(f'Invalid {what} schedule "{text}": step {end} does not come after step {previous[-1]} '
+                            f"(the steps must increase); {SYNTAX_HELP}.")
+        parsed.append((value, end))
+    pieces = []
+    for value, end in parsed:
+        if end is None or end == -1:
             pieces.append((value, max_steps))
             break
-        end = _integer(fields[1], text, what)
         if end > start_step:
             pieces.append((value, min(end, max_steps)))
             if end > max_steps:
                 break
-        elif end == -1:
-            pieces.append((value, max_steps))
-            break
     if not pieces:
         raise UserError(f'Invalid {what} schedule "{text}": nothing left to train after step {start_step}; '
                         f"{SYNTAX_HELP}.")

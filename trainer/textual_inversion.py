@@ -14,6 +14,7 @@ from .dataset import read_template
 from .embeddings import (Embedding, load_embeddings_dir, load_optimizer_state, save_embedding, save_optimizer_state,
                          write_image_embedding)
 from .errors import UserError
+from .locks import training_lock
 from .sampling import save_png_with_infotext, txt2img
 from .train_config import TrainConfig
 from .training_common import (LoopParts, TrainResult, denoising_loss, end_message, prepare_log_dir, preview_params,
@@ -48,8 +49,15 @@ def find_embedding(embeddings_dir, name: str, width: int):
     return embedding, path
 
 
-def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, other_embeddings=None,
-                    progress=None, should_stop=None, accelerator=None) -> TrainResult:
+def train_embedding(model, cfg: TrainConfig, embeddings_dir, *args, **kwargs) -> TrainResult:
+    """Train `cfg.name` (arguments as `_train_embedding`) holding its training lock, so no Create/Overwrite and
+    no second trainer, in this process or another, writes the embedding meanwhile."""
+    with training_lock(embeddings_dir, cfg.name, "embedding", kwargs.get("accelerator")):
+        return _train_embedding(model, cfg, embeddings_dir, *args, **kwargs)
+
+
+def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, other_embeddings=None,
+                     progress=None, should_stop=None, accelerator=None) -> TrainResult:
     """Train `cfg.name` on `cfg.dataset`. `progress(event: dict)` receives step/preview/saved/message
     events; `should_stop()` is checked before every micro-batch (Interrupt)."""
     emit = progress or (lambda event: None)

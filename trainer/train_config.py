@@ -1,6 +1,7 @@
 """The training settings: one plain object shared by the CLI, the UI and the settings JSON."""
 import dataclasses
 import json
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,23 +78,92 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in normalise_settings(data).items() if k in known}
-        if isinstance(values.get("preview"), dict):
-            preview_known = {f.name for f in dataclasses.fields(PreviewSettings)}
-            values["preview"] = PreviewSettings(**{k: v for k, v in values["preview"].items() if k in preview_known})
-        try:
-            return cls(**values)
-        except TypeError as e:
-            raise UserError(f"Settings file is incomplete: {e}.") from None
+    def from_json(cls, data: dict, where: str = "Settings") -> "TrainConfig":
+        values = settings_values(data, where)
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in values and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise UserError(f"{where}: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing.")
+        return cls(**values)
 
     @classmethod
     def load(cls, path) -> "TrainConfig":
-        try:
-            return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, ValueError) as e:
-            raise UserError(f"Cannot read settings file {path}: {e}.") from None
+        return cls.from_json(read_settings_file(path), f"Settings file {path}")
+
+
+def read_settings_file(path) -> dict:
+    """The JSON object in a settings file (ours or the reference's), not yet checked field by field."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"Cannot read settings file {path}: it is not UTF-8 text.") from None
+    except OSError as e:
+        raise UserError(f"Cannot read settings file {path}: {e.strerror or e}.") from None
+    except ValueError as e:
+        raise UserError(f"Cannot read settings file {path}: it is not valid JSON ({e}).") from None
+    if not isinstance(data, dict):
+        raise UserError(f"Settings file {path} holds a JSON {_json_kind(data)}, not an object of settings "
+                        'like {"name": "my-embedding", "steps": 1000}.')
+    return data
+
+
+def settings_values(data, where: str = "Settings") -> dict:
+    """The known fields of `data` (our names or the reference's), each checked and converted to its type
+    (a whole number given as 4.0 or "4" is fine; "abc" or null for a number is a UserError naming the field)."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must be a JSON object of settings, not a JSON {_json_kind(data)}.")
+    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    return {key: _typed(key, value, fields[key], where)
+            for key, value in normalise_settings(data).items() if key in fields}
+
+
+_KIND_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+
+
+def _json_kind(value) -> str:
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _typed(key: str, value, kind, where: str):
+    optional = False
+    if isinstance(kind, types.UnionType):
+        options = [option for option in kind.__args__ if option is not type(None)]
+        optional, kind = len(options) < len(kind.__args__), options[0]
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"{where}: {key} must be {_KIND_WORDS.get(kind, 'set')}, not null.")
+    if kind is PreviewSettings:
+        if isinstance(value, PreviewSettings):
+            return value
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: preview must be an object of preview settings, not {value!r}.")
+        preview_fields = {f.name: f.type for f in dataclasses.fields(PreviewSettings)}
+        return PreviewSettings(**{k: _typed(f"preview.{k}", v, preview_fields[k], where)
+                                  for k, v in value.items() if k in preview_fields})
+    converted = _convert(value, kind)
+    if converted is None:
+        raise UserError(f"{where}: {key} must be {_KIND_WORDS[kind]}, not {json.dumps(value)[:60]}.")
+    return converted
+
+
+def _convert(value, kind):
+    """`value` as `kind`, or None when it is not one."""
+    if kind is bool:
+        return value if isinstance(value, bool) else {0: False, 1: True}.get(value) if type(value) is int else None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    if kind is str:
+        return str(value)
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    if kind is float:
+        return number
+    return int(number) if number.is_integer() else None
 
 
 # Fields the reference webui writes into its settings JSON, for users who load those files.

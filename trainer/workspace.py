@@ -76,8 +76,13 @@ class Workspace:
         with self._model_lock:
             if self._model is not None and self._model.name == spec:
                 return self._model
-            self._model = None  # free the old one before loading the next
-            self._model = load_model(spec, self.folders.ckpt_dir, self.device)
+            try:  # load, then swap: a checkpoint that fails to load leaves the loaded model in use
+                model = load_model(spec, self.folders.ckpt_dir, self.device)
+            except UserError as e:
+                if self._model is None:
+                    raise
+                raise UserError(f"{str(e).rstrip('.')}; {self._model.name} stays loaded.") from None
+            self._model = model
             return self._model
 
     # --- embeddings and templates ------------------------------------------------------------------------
@@ -86,6 +91,8 @@ class Workspace:
         again whenever a file in it was added, removed or changed (a stat walk tells); otherwise the last read
         is reused (the txt2img prompt box asks on every keystroke). The embeddings returned are shared: read only."""
         folder = self.folders.embeddings_dir
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"The embeddings folder {folder} is a file, not a folder.")
         folder.mkdir(parents=True, exist_ok=True)
         model = self.model
         key = (model.checkpoint_hash, model.text_width, folder_fingerprint(folder))

@@ -38,6 +38,8 @@ def build() -> SimpleNamespace:
         c.split = gr.Checkbox(label="Split oversized images", elem_id="train_process_split")
         c.focal_crop = gr.Checkbox(label="Auto focal point crop", elem_id="train_process_focal_crop")
         c.autosize = gr.Checkbox(label="Auto-sized crop", elem_id="train_process_multicrop")
+        c.overwrite = gr.Checkbox(label="Overwrite earlier outputs", elem_id="train_process_overwrite",
+                                  info="Off: numbering continues after the files already in the destination")
         c.blip = gr.Checkbox(label="Use BLIP for caption", elem_id="train_process_caption")
     with gr.Row(visible=False) as c.split_row:
         c.split_threshold = gr.Slider(label="Split image threshold", value=0.5, minimum=0.0, maximum=1.0, step=0.05,
@@ -92,7 +94,7 @@ def build() -> SimpleNamespace:
         ("min_dim", c.min_dim), ("max_dim", c.max_dim), ("min_area", c.min_area), ("max_area", c.max_area),
         ("objective", c.objective), ("error_threshold", c.error_threshold), ("caption", c.blip),
         ("blip_model", c.blip_model), ("beams", c.beams), ("min_length", c.min_length),
-        ("max_length", c.max_length),
+        ("max_length", c.max_length), ("overwrite", c.overwrite),
     ]
     return c
 
