@@ -1,0 +1,170 @@
+"""Recognise and load SDXL checkpoints offline: a diffusers folder or one original-layout file.
+
+An SDXL base model has two text encoders: CLIP ViT-L/14 (``text_encoder``, the ``clip_l`` half of an
+embedding) and OpenCLIP ViT-bigG/14 with its projection (``text_encoder_2``, ``clip_g``); its UNet takes both
+encoders' hidden states side by side (2048 wide) and an added "text_time" embedding. In a single file they are
+``conditioner.embedders.0.transformer.*`` (CLIP-L), ``conditioner.embedders.1.model.*`` (OpenCLIP layout) and
+``model.diffusion_model.*``; the architecture comes from ``trainer/assets/configs/sdxl`` (or ``config_dir``).
+
+Refused with one sentence: the SDXL refiner (only the OpenCLIP encoder, ``conditioner.embedders.0.model.*``, a
+UNet with 1280-wide cross-attention and aesthetic-score conditioning: it cannot take an embedding's ``clip_l``
+half and is not meant for txt2img from noise), SDXL inpainting UNets, and layouts that fit no known family.
+
+`trainer.models` calls in here when the weights or the folder say SDXL; `load_model` then finishes the parts
+exactly as for SD 1.x/2.x.
+"""
+import json
+from pathlib import Path
+
+import torch
+
+from trainer.errors import UserError
+
+CLIP_L_KEY = "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"
+CLIP_G_KEY = "conditioner.embedders.1.model.token_embedding.weight"
+REFINER_KEY = "conditioner.embedders.0.model.token_embedding.weight"
+UNET_PREFIX = "model.diffusion_model."
+UNET_INPUT_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+UNET_ADDED_KEY = "model.diffusion_model.label_emb.0.0.weight"
+SDXL_CONFIG = Path(__file__).resolve().parent / "assets" / "configs" / "sdxl"
+REFINER = ("is an SDXL refiner, which only refines other models' images and has no CLIP-L text encoder for "
+           "an embedding's clip_l vectors; choose an SDXL base model")
+
+
+def is_sdxl_state(state: dict) -> bool:
+    """Whether an original-layout state dict is an SDXL-family file (its text encoders sit under `conditioner.`)."""
+    return any(k.startswith("conditioner.embedders.") for k in state)
+
+
+def check_sdxl_state(state: dict, name: str) -> None:
+    """A UserError sentence unless the weights are an SDXL base model (two text encoders, 4-channel UNet)."""
+    if REFINER_KEY in state and CLIP_L_KEY not in state:
+        raise UserError(f"Checkpoint '{name}' {REFINER}.")
+    if CLIP_L_KEY not in state or CLIP_G_KEY not in state:
+        raise UserError(f"Checkpoint '{name}' has an unknown SDXL-like layout (it lacks the CLIP-L or the "
+                        "OpenCLIP ViT-bigG text encoder); only SDXL base models are supported.")
+    if not any(k.startswith(UNET_PREFIX) for k in state) or UNET_ADDED_KEY not in state:
+        raise UserError(f"Checkpoint '{name}' has SDXL text encoders but no SDXL UNet weights; a full SDXL "
+                        "base checkpoint is needed.")
+    unet_input = state.get(UNET_INPUT_KEY)
+    if unet_input is not None and unet_input.ndim == 4 and unet_input.shape[1] != 4:
+        raise UserError(f"Checkpoint '{name}' is an SDXL inpainting or instruct model (its UNet takes "
+                        f"{unet_input.shape[1]} input channels); choose an SDXL base model.")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__).rstrip(".")
+
+
+def sdxl_folder_kind(folder: Path) -> str | None:
+    """"sdxl" for an SDXL base diffusers folder, "refiner" for the SDXL refiner, None for anything else."""
+    index_path = folder / "model_index.json"
+    try:
+        index = _read_json(index_path)
+    except (OSError, ValueError):
+        return None
+    has = {key: isinstance(index.get(key), list) and index[key][0] is not None
+           for key in ("text_encoder", "text_encoder_2")}
+    if has["text_encoder_2"] and not has["text_encoder"]:
+        return "refiner"
+    if has["text_encoder_2"] or "XL" in str(index.get("_class_name", "")):
+        return "sdxl"
+    return None
+
+
+def _check_unet_config(unet, text_width: int, name: str) -> None:
+    config = unet.config
+    if config.addition_embed_type != "text_time" or config.cross_attention_dim != text_width:
+        raise UserError(f"'{name}' has an unknown SDXL-like layout (UNet added embedding "
+                        f"{config.addition_embed_type!r}, cross-attention width {config.cross_attention_dim} "
+                        f"where the two text encoders give {text_width}); only SDXL base models are supported.")
+    if config.in_channels != 4:
+        raise UserError(f"'{name}' is an SDXL inpainting or instruct model (its UNet takes {config.in_channels} "
+                        "input channels); choose an SDXL base model.")
+
+
+def _tokenizers(folder: Path | None) -> dict:
+    """Both tokenizers: the folder's own when it has them, else the app's CLIP BPE (pad with the end token) and
+    the same BPE padding with "!" (what SDXL's tokenizer_2 is)."""
+    from trainer.models import TOKENIZERS, load_tokenizer
+
+    parts = {}
+    for key, fallback in (("tokenizer", TOKENIZERS["clip"]), ("tokenizer_2", TOKENIZERS["openclip"])):
+        own = folder / key if folder is not None else None
+        parts[key] = load_tokenizer(own if own is not None and own.is_dir() else fallback)
+    return parts
+
+
+def _text_width(parts: dict) -> int:
+    return sum(parts[k].get_input_embeddings().weight.shape[1] for k in ("text_encoder", "text_encoder_2"))
+
+
+def load_sdxl_folder(folder: Path, name: str) -> dict:
+    """The parts of an SDXL base diffusers folder (fp32, on the CPU); a sentence for a refiner or a bad folder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from trainer.models import _weights_variant, training_scheduler_config
+
+    if sdxl_folder_kind(folder) == "refiner":
+        raise UserError(f"'{name}' {REFINER}.")
+    if not (folder / "unet").is_dir():
+        raise UserError(f"'{name}' is not a Stable Diffusion 1.x/2.x or SDXL model (it has no unet folder).")
+    try:
+        parts = {}
+        for key, cls, dtype_arg in (("unet", UNet2DConditionModel, "torch_dtype"),
+                                    ("vae", AutoencoderKL, "torch_dtype"),
+                                    ("text_encoder", CLIPTextModel, "dtype"),
+                                    ("text_encoder_2", CLIPTextModelWithProjection, "dtype")):
+            sub = folder / key
+            parts[key] = cls.from_pretrained(str(folder), subfolder=key, local_files_only=True,
+                                             variant=_weights_variant(sub) if sub.is_dir() else None,
+                                             **{dtype_arg: torch.float32})
+        scheduler_file = folder / "scheduler" / "scheduler_config.json"
+        scheduler_source = _read_json(scheduler_file if scheduler_file.is_file()
+                                      else SDXL_CONFIG / "scheduler" / "scheduler_config.json")
+    except Exception as error:  # noqa: BLE001 - missing files, bad configs, mismatched weights
+        raise UserError(f"The SDXL diffusers model '{name}' could not be loaded ({_first_line(error)}).") from None
+    _check_unet_config(parts["unet"], _text_width(parts), name)
+    parts.update(_tokenizers(folder))
+    parts["scheduler_config"] = training_scheduler_config(scheduler_source)
+    return parts
+
+
+def load_sdxl_single_file(state: dict, name: str, config_dir: Path | None) -> dict:
+    """The parts of an original-layout SDXL file; the architecture from ``configs/sdxl`` or ``config_dir``."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from trainer.models import training_scheduler_config
+
+    check_sdxl_state(state, name)
+    config = config_dir or SDXL_CONFIG
+    if not (config / "text_encoder_2").is_dir():
+        raise UserError(f"Checkpoint '{name}' is an SDXL model, but the configuration '{config}' describes "
+                        "another family (it has no text_encoder_2).")
+    parts = {}
+    try:
+        for key, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
+            parts[key] = cls.from_single_file(state, config=str(config), subfolder=key, local_files_only=True)
+        for key, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+            parts[key] = create_diffusers_clip_model_from_ldm(cls, state, subfolder=key, config=str(config),
+                                                              local_files_only=True)
+    except Exception as error:  # noqa: BLE001 - shape mismatches, missing parts: the file does not fit
+        raise UserError(f"Checkpoint '{name}' does not match its SDXL configuration ({_first_line(error)}).") from None
+    for key, module in parts.items():
+        missing = [n for n, p in module.named_parameters() if p.device.type == "meta"]
+        if missing:
+            raise UserError(f"Checkpoint '{name}' is incomplete: {len(missing)} {key} weights are missing "
+                            f"(for example '{missing[0]}').")
+    _check_unet_config(parts["unet"], _text_width(parts), name)
+    parts.update(_tokenizers(config_dir if config_dir and (config_dir / "tokenizer").is_dir() else None))
+    parts["scheduler_config"] = training_scheduler_config(
+        _read_json(config / "scheduler" / "scheduler_config.json"))
+    return parts
