@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from .conditioning import PromptEncoder
 from .errors import UserError
 from .hypernetwork_attention import apply_hypernetworks, resolve_prompt_hypernetworks
 from .prompt_parser import prompt_schedule, split_and
@@ -262,7 +263,10 @@ def txt2img(
     results = []
     with torch.no_grad(), autocast:
         plan = ConditioningPlan.build(prompt, params.negative_prompt, params.steps)
-        encoder = prompt_encoder_for(model, embeddings, clip_skip=params.clip_skip)
+        if getattr(model, "is_sdxl", False):
+            encoder = prompt_encoder_for(model, embeddings, clip_skip=params.clip_skip)
+        else:
+            encoder = PromptEncoder(model.tokenizer, model.text_encoder, embeddings, clip_skip=params.clip_skip)
         texts = plan.distinct_texts()
         out = encoder(texts)
         if isinstance(out, tuple):  # SDXL: (context, pooled)
