@@ -149,7 +149,7 @@ def cmd_create_embedding(args):
     path = create_embedding(model.tokenizer, model.text_encoder, args.name, init_text=args.init_text,
                             num_vectors=args.vectors, overwrite=args.overwrite,
                             embeddings_dir=ws.folders.embeddings_dir, checkpoint_hash=model.checkpoint_hash,
-                            checkpoint_name=model.name, file_format=args.format)
+                            checkpoint_name=model.name, file_format=args.format, text_encoder_2=model.text_encoder_2)
     print(f"Created: {path}")
     return 0
 

@@ -121,3 +121,13 @@ def vae_precision(model):
         finally:
             if original != torch.float32:
                 vae.to(original)
+
+
+HYPERNETWORK_REFUSAL = ("Hypernetwork training is not available for SDXL models (the reference has none for them); "
+                        "train a textual-inversion embedding instead, or load an SD 1.x/2.x model.")
+
+
+def refuse_sdxl_hypernetwork_training(model) -> None:
+    """A UserError sentence when `model` is SDXL."""
+    if getattr(model, "is_sdxl", False):
+        raise UserError(HYPERNETWORK_REFUSAL)
