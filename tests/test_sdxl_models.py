@@ -135,3 +135,27 @@ def test_single_file_projection_is_openclips_layout(sdxl_files):
     assert projection.shape == (48, 40)
     x = torch.randn(3, 48)
     assert torch.allclose(x @ projection, encoder.text_projection(x), atol=1e-6)
+
+
+def test_single_file_whose_encoders_have_the_same_width(tmp_path):
+    """The encoders are told apart by their place in the file, not their widths (diffusers' helper would load
+    CLIP-L's weights into both when the widths match)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from helpers_sdxl import save_sdxl_config_folder, save_sdxl_single_file, tiny_sdxl_components
+
+    parts = tiny_sdxl_components(seed=8)
+    parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=49408, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        max_position_embeddings=77, hidden_act="gelu", projection_dim=32)).eval()
+    parts["unet"] = UNet2DConditionModel(
+        sample_size=8, layers_per_block=1, block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4), use_linear_projection=True,
+        cross_attention_dim=64, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32).eval()
+    save_sdxl_single_file(parts, tmp_path / "same.safetensors")
+    model = load_model("same.safetensors", tmp_path, config_dir=save_sdxl_config_folder(parts, tmp_path / "config"))
+    assert model.text_width == 64 and model.clip_l_width == 32
+    for key in PARTS:
+        assert_same_weights(parts[key], getattr(model, key))

@@ -15,6 +15,7 @@ exactly as for SD 1.x/2.x.
 """
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -24,6 +25,8 @@ CLIP_L_KEY = "conditioner.embedders.0.transformer.text_model.embeddings.token_em
 CLIP_G_KEY = "conditioner.embedders.1.model.token_embedding.weight"
 REFINER_KEY = "conditioner.embedders.0.model.token_embedding.weight"
 UNET_PREFIX = "model.diffusion_model."
+CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
+CLIP_G_PREFIX = "conditioner.embedders.1.model."
 UNET_INPUT_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 UNET_ADDED_KEY = "model.diffusion_model.label_emb.0.0.weight"
 SDXL_CONFIG = Path(__file__).resolve().parent / "assets" / "configs" / "sdxl"
@@ -136,10 +139,28 @@ def load_sdxl_folder(folder: Path, name: str) -> dict:
     return parts
 
 
+def _text_encoder_from_state(cls, config: Path, subfolder: str, weights: dict):
+    """A text encoder built (without initialising weights) from its config and given exactly these weights.
+
+    The two encoders are told apart by their place in the file (embedders.0 / embedders.1), not by their widths
+    as diffusers' single-file helper does, so a model whose encoders have the same width loads right too."""
+    from accelerate import init_empty_weights
+    from transformers import CLIPTextConfig
+
+    with init_empty_weights():
+        model = cls(CLIPTextConfig.from_pretrained(str(config), subfolder=subfolder, local_files_only=True))
+    wrapped = any(k.startswith("text_model.") for k in model.state_dict())
+    weights = {("text_model." + k.removeprefix("text_model.") if wrapped and not k.startswith("text_projection")
+                else k.removeprefix("text_model.")): v for k, v in weights.items()}
+    weights = {k: v for k, v in weights.items() if not k.endswith("position_ids")}
+    model.load_state_dict(weights, strict=False, assign=True)
+    return model
+
+
 def load_sdxl_single_file(state: dict, name: str, config_dir: Path | None) -> dict:
     """The parts of an original-layout SDXL file; the architecture from ``configs/sdxl`` or ``config_dir``."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from trainer.models import training_scheduler_config
@@ -153,9 +174,13 @@ def load_sdxl_single_file(state: dict, name: str, config_dir: Path | None) -> di
     try:
         for key, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
             parts[key] = cls.from_single_file(state, config=str(config), subfolder=key, local_files_only=True)
-        for key, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
-            parts[key] = create_diffusers_clip_model_from_ldm(cls, state, subfolder=key, config=str(config),
-                                                              local_files_only=True)
+        parts["text_encoder"] = _text_encoder_from_state(
+            CLIPTextModel, config, "text_encoder",
+            {k[len(CLIP_L_PREFIX):]: v for k, v in state.items() if k.startswith(CLIP_L_PREFIX)})
+        parts["text_encoder_2"] = _text_encoder_from_state(
+            CLIPTextModelWithProjection, config, "text_encoder_2",
+            convert_open_clip_checkpoint(SimpleNamespace(config=SimpleNamespace(hidden_size=state[CLIP_G_KEY].shape[1])),
+                                         state, prefix=CLIP_G_PREFIX))
     except Exception as error:  # noqa: BLE001 - shape mismatches, missing parts: the file does not fit
         raise UserError(f"Checkpoint '{name}' does not match its SDXL configuration ({_first_line(error)}).") from None
     for key, module in parts.items():
