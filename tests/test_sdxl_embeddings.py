@@ -118,3 +118,13 @@ def test_diffusers_sdxl_pipeline_loads_our_file_and_conditions_as_we_do(sdxl_mod
     with pytest.raises(Exception):  # and the token is now taken in diffusers' tokenizer
         pipe.load_textual_inversion(state_dict["clip_l"], token="subject", text_encoder=pipe.text_encoder,
                                     tokenizer=pipe.tokenizer)
+
+
+def test_create_embedding_tab_makes_an_sdxl_file(sdxl_model, tmp_path):
+    from webui.create_embedding_tab import create
+
+    ws = Workspace(Folders(embeddings_dir=tmp_path), model=sdxl_model)
+    path = create(ws, "page cat", "cat", 3, False, "pt")
+    assert path == tmp_path / "page cat.safetensors"
+    assert {k: tuple(v.shape) for k, v in load_file(str(path)).items()} == {"clip_l": (3, 32), "clip_g": (3, 48)}
+    assert list(ws.embeddings()[0]) == ["page cat"]
