@@ -38,26 +38,3 @@ def work(tmp_path):
     folder = workdir(tmp_path)
     make_dataset(folder / "data", size=(64, 64))
     return folder
-
-
-@pytest.fixture(scope="session")
-def sdxl_files(tmp_path_factory):
-    """A tiny SDXL-shaped model saved as a diffusers folder (ckpt/xl), as one original-layout file
-    (ckpt/xl.safetensors) and the config-only folder that file needs (config/); see helpers_sdxl."""
-    from helpers_sdxl import (save_sdxl_config_folder, save_sdxl_diffusers_folder, save_sdxl_single_file,
-                              tiny_sdxl_components)
-
-    root = tmp_path_factory.mktemp("sdxl")
-    components = tiny_sdxl_components(seed=5)
-    save_sdxl_diffusers_folder(components, root / "ckpt" / "xl")
-    save_sdxl_single_file(components, root / "ckpt" / "xl.safetensors")
-    save_sdxl_config_folder(components, root / "config")
-    return {"root": root, "ckpt_dir": root / "ckpt", "config": root / "config", "components": components}
-
-
-@pytest.fixture(scope="session")
-def sdxl_model(sdxl_files):
-    """The tiny SDXL model loaded from its diffusers folder through the user's path (shared: read only)."""
-    from trainer.models import load_model
-
-    return load_model("xl", sdxl_files["ckpt_dir"], "cpu")

@@ -9,6 +9,7 @@ a 64 px image is an 8x8 latent.
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
@@ -100,3 +101,25 @@ def save_sdxl_single_file(components: dict, path: Path) -> Path:
                              components["text_encoder_2"])
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path
+
+
+# Fixtures (import them into a test module: `from helpers_sdxl import sdxl_files, sdxl_model`).
+
+@pytest.fixture(scope="session")
+def sdxl_files(tmp_path_factory):
+    """The tiny SDXL model saved as a diffusers folder (ckpt/xl), as one original-layout file (ckpt/xl.safetensors)
+    and the config-only folder that file needs (config/)."""
+    root = tmp_path_factory.mktemp("sdxl")
+    components = tiny_sdxl_components(seed=5)
+    save_sdxl_diffusers_folder(components, root / "ckpt" / "xl")
+    save_sdxl_single_file(components, root / "ckpt" / "xl.safetensors")
+    save_sdxl_config_folder(components, root / "config")
+    return {"root": root, "ckpt_dir": root / "ckpt", "config": root / "config", "components": components}
+
+
+@pytest.fixture(scope="session")
+def sdxl_model(sdxl_files):
+    """The tiny SDXL model loaded from its diffusers folder through the user's path (shared: read only)."""
+    from trainer.models import load_model
+
+    return load_model("xl", sdxl_files["ckpt_dir"], "cpu")

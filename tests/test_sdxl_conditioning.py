@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from helpers_images import make_dataset
+from helpers_sdxl import sdxl_files, sdxl_model  # noqa: F401 - fixtures
 from trainer.dataset import TextualInversionDataset
 from trainer.sampling import Txt2ImgParams, txt2img
 from trainer.sdxl import SDXLPromptEncoder, batch_time_ids, prompt_encoder_for, size_time_ids, vae_precision

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from helpers_models import assert_same_weights
+from helpers_sdxl import sdxl_files, sdxl_model  # noqa: F401 - fixtures
 from trainer.checkpoint_convert import sdxl_to_original, text_encoder_to_openclip
 from trainer.errors import UserError
 from trainer.models import CONFIGS_DIR, list_checkpoints, load_model

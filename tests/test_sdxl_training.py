@@ -8,6 +8,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from helpers_cli import run_cli
+from helpers_sdxl import sdxl_files, sdxl_model  # noqa: F401 - fixtures
 from trainer.embeddings import read_embedding_file, read_image_embedding
 from trainer.errors import UserError
 from trainer.sampling import read_infotext
