@@ -160,3 +160,19 @@ def test_single_file_whose_encoders_have_the_same_width(tmp_path):
     assert model.text_width == 64 and model.clip_l_width == 32
     for key in PARTS:
         assert_same_weights(parts[key], getattr(model, key))
+
+
+def test_other_diffusers_pipelines_are_refused_with_a_sentence(tmp_path):
+    flux = tmp_path / "flux"
+    (flux / "transformer").mkdir(parents=True)
+    (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline",
+                                                       "transformer": ["diffusers", "FluxTransformer2DModel"]}))
+    with pytest.raises(UserError, match=r"^'flux' is not a Stable Diffusion 1.x/2.x or SDXL model "
+                                        r"\(FluxPipeline with no UNet\)\.$"):
+        load_model("flux", tmp_path)
+    kandinsky = tmp_path / "kandinsky"
+    (kandinsky / "unet").mkdir(parents=True)
+    (kandinsky / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyV22Pipeline"}))
+    (kandinsky / "unet" / "config.json").write_text(json.dumps({"addition_embed_type": "image"}))
+    with pytest.raises(UserError, match=r"KandinskyV22Pipeline with a UNet with the added embedding 'image'"):
+        load_model("kandinsky", tmp_path)

@@ -315,10 +315,11 @@ def _load_diffusers_folder(folder: Path, name: str) -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from trainer.sdxl_models import load_sdxl_folder, sdxl_folder_kind
+    from trainer.sdxl_models import load_sdxl_folder, refuse_unknown_folder, sdxl_folder_kind
 
     if sdxl_folder_kind(folder) is not None:
         return load_sdxl_folder(folder, name)
+    refuse_unknown_folder(folder, name)
 
     try:
         parts = {}

@@ -80,6 +80,24 @@ def sdxl_folder_kind(folder: Path) -> str | None:
     return None
 
 
+def refuse_unknown_folder(folder: Path, name: str) -> None:
+    """A sentence for a diffusers folder that is no Stable Diffusion 1.x/2.x or SDXL model (SD 3, Flux,
+    Kandinsky...: no UNet, or a UNet with another added embedding)."""
+    try:
+        index = _read_json(folder / "model_index.json")
+    except (OSError, ValueError):
+        index = {}
+    kind = index.get("_class_name", "an unknown pipeline") if isinstance(index, dict) else "an unknown pipeline"
+    unet_config = folder / "unet" / "config.json"
+    try:
+        added = _read_json(unet_config).get("addition_embed_type") if unet_config.is_file() else "missing"
+    except (OSError, ValueError):
+        return  # a broken config: the loader says what is wrong with it
+    if added is not None:
+        what = "no UNet" if added == "missing" else f"a UNet with the added embedding {added!r}"
+        raise UserError(f"'{name}' is not a Stable Diffusion 1.x/2.x or SDXL model ({kind} with {what}).")
+
+
 def _check_unet_config(unet, text_width: int, name: str) -> None:
     config = unet.config
     if config.addition_embed_type != "text_time" or config.cross_attention_dim != text_width:
