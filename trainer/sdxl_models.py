@@ -71,7 +71,9 @@ def sdxl_folder_kind(folder: Path) -> str | None:
         index = _read_json(index_path)
     except (OSError, ValueError):
         return None
-    has = {key: isinstance(index.get(key), list) and index[key][0] is not None
+    if not isinstance(index, dict):
+        return None
+    has = {key: (isinstance(index.get(key), list) and index[key][0] is not None) or (folder / key).is_dir()
            for key in ("text_encoder", "text_encoder_2")}
     if has["text_encoder_2"] and not has["text_encoder"]:
         return "refiner"
