@@ -2,7 +2,9 @@
 
 * clip_tokenizer/: the real 49,408-token CLIP BPE vocabulary (vocab.json + merges.txt), converted from
   the MIT-licensed `bpe_simple_vocab_16e6.txt.gz` inside the clip-anytorch wheel on PyPI.
-* configs/<family>/: config-only diffusers folders (no weights) for SD 1.x and SD 2.x, so that a
+* openclip_tokenizer/: the same vocabulary padding with "!" (id 0): SD 2.x's tokenizer, and SDXL's second
+  one (`tokenizer_2`, for the OpenCLIP ViT-bigG encoder).
+* configs/<family>/: config-only diffusers folders (no weights) for SD 1.x, SD 2.x and SDXL base, so that a
   single-file checkpoint can be loaded with `from_single_file(..., config=folder)` and no network.
 
 Usage:  python scripts/make_model_assets.py [--wheel path/to/clip_anytorch-2.6.0-py3-none-any.whl]

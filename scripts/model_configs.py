@@ -9,10 +9,16 @@ but no architecture. diffusers' single-file loader takes the architecture from a
   ``CLIPTextModel`` (the original model's penultimate layer is what SD 2 uses), linear attention
   projections, epsilon prediction.
 * ``sd2-v`` - Stable Diffusion 2.x 768 px (2.1): as ``sd2`` with v-prediction.
+* ``sdxl``  - Stable Diffusion XL base 1.0 (1024 px): CLIP ViT-L/14 (``text_encoder``) and OpenCLIP ViT-bigG/14
+  with its projection (``text_encoder_2``, a ``CLIPTextModelWithProjection``); a three-level UNet with
+  1/2/10 transformer layers, 2048-wide cross-attention (both encoders' states side by side) and the
+  "text_time" added embedding (pooled text + six size/crop numbers); the fp16-unsafe VAE (scale 0.13025).
 
 The values are those of the published diffusers repositories (stable-diffusion-v1-5,
-stabilityai/stable-diffusion-2-1-base, stabilityai/stable-diffusion-2-1). The tokenizer is not repeated
-here: the app ships it in trainer/assets/clip_tokenizer and openclip_tokenizer and passes it in.
+stabilityai/stable-diffusion-2-1-base, stabilityai/stable-diffusion-2-1,
+stabilityai/stable-diffusion-xl-base-1.0). The tokenizers are not repeated here: the app ships them in
+trainer/assets/clip_tokenizer and openclip_tokenizer (SDXL's ``tokenizer_2`` is the latter: the same BPE,
+padding with "!") and passes them in.
 
 Called by scripts/make_model_assets.py; ``python scripts/model_configs.py DEST`` also works alone.
 """
@@ -110,6 +116,102 @@ def text_encoder_config(sd2: bool) -> dict:
     }
 
 
+def sdxl_unet_config() -> dict:
+    """SDXL base UNet: 320/640/1280 channels, no attention in the first level, 1/2/10 transformer layers."""
+    return {
+        "_class_name": "UNet2DConditionModel",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "act_fn": "silu",
+        "addition_embed_type": "text_time",
+        "addition_embed_type_num_heads": 64,
+        "addition_time_embed_dim": 256,
+        "attention_head_dim": [5, 10, 20],
+        "block_out_channels": [320, 640, 1280],
+        "center_input_sample": False,
+        "cross_attention_dim": 2048,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "downsample_padding": 1,
+        "dual_cross_attention": False,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "in_channels": 4,
+        "layers_per_block": 2,
+        "mid_block_scale_factor": 1,
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "norm_eps": 1e-05,
+        "norm_num_groups": 32,
+        "out_channels": 4,
+        # 6 size/crop numbers x 256 (their sinusoidal embedding) + the 1280-wide pooled text projection
+        "projection_class_embeddings_input_dim": 2816,
+        "resnet_time_scale_shift": "default",
+        "sample_size": 128,
+        "time_embedding_type": "positional",
+        "transformer_layers_per_block": [1, 2, 10],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "use_linear_projection": True,
+    }
+
+
+def sdxl_vae_config() -> dict:
+    """SDXL's VAE: the SD layout, its own latent scale, and overflowing in fp16 (so run in fp32)."""
+    return {**vae_config(1024), "scaling_factor": 0.13025, "force_upcast": True}
+
+
+def sdxl_text_encoder_2_config() -> dict:
+    """CLIPTextModelWithProjection: OpenCLIP ViT-bigG/14's text tower (1280 wide, 32 layers) and projection."""
+    return {
+        "architectures": ["CLIPTextModelWithProjection"],
+        "model_type": "clip_text_model",
+        "attention_dropout": 0.0,
+        "bos_token_id": 0,
+        "dropout": 0.0,
+        "eos_token_id": 2,
+        "hidden_act": "gelu",
+        "hidden_size": 1280,
+        "initializer_factor": 1.0,
+        "initializer_range": 0.02,
+        "intermediate_size": 5120,
+        "layer_norm_eps": 1e-05,
+        "max_position_embeddings": 77,
+        "num_attention_heads": 20,
+        "num_hidden_layers": 32,
+        "pad_token_id": 1,
+        "projection_dim": 1280,
+        "vocab_size": 49408,
+    }
+
+
+def sdxl_scheduler_config() -> dict:
+    return {
+        "_class_name": "EulerDiscreteScheduler",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        **SD_SCHEDULE,
+        "interpolation_type": "linear",
+        "prediction_type": "epsilon",
+        "sample_max_value": 1.0,
+        "skip_prk_steps": True,
+        "timestep_spacing": "leading",
+        "use_karras_sigmas": False,
+    }
+
+
+def sdxl_model_index() -> dict:
+    return {
+        "_class_name": "StableDiffusionXLPipeline",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "feature_extractor": [None, None],
+        "force_zeros_for_empty_prompt": True,
+        "image_encoder": [None, None],
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+
+
 def scheduler_config(class_name: str, prediction_type: str) -> dict:
     return {
         "_class_name": class_name,
@@ -154,6 +256,14 @@ def family_configs() -> dict:
             "text_encoder/config.json": text_encoder_config(sd2),
             "scheduler/scheduler_config.json": scheduler_config(scheduler_class, prediction),
         }
+    out["sdxl"] = {
+        "model_index.json": sdxl_model_index(),
+        "unet/config.json": sdxl_unet_config(),
+        "vae/config.json": sdxl_vae_config(),
+        "text_encoder/config.json": {**text_encoder_config(sd2=False), "projection_dim": 768},
+        "text_encoder_2/config.json": sdxl_text_encoder_2_config(),
+        "scheduler/scheduler_config.json": sdxl_scheduler_config(),
+    }
     return out
 
 

@@ -160,7 +160,7 @@ def cmd_create_embedding(args):
     path = create_embedding(model.tokenizer, model.text_encoder, args.name, init_text=args.init_text,
                             num_vectors=args.vectors, overwrite=args.overwrite,
                             embeddings_dir=ws.folders.embeddings_dir, checkpoint_hash=model.checkpoint_hash,
-                            checkpoint_name=model.name, file_format=args.format)
+                            checkpoint_name=model.name, file_format=args.format, text_encoder_2=model.text_encoder_2)
     print(f"Created: {path}")
     return 0
 
@@ -264,7 +264,10 @@ def cmd_list_embeddings(args):
     if args.json:
         print(json.dumps(to_api_json(loaded, skipped), indent=2))
         return 0
-    print(f"Loaded {len(loaded)} textual inversion embeddings for {ws.model.name} (width {ws.model.text_width}):")
+    model = ws.model
+    width = (f"SDXL, clip_l {model.clip_l_width} + clip_g {model.text_width - model.clip_l_width}" if model.is_sdxl
+             else f"width {model.text_width}")
+    print(f"Loaded {len(loaded)} textual inversion embeddings for {model.name} ({width}):")
     for name, e in sorted(loaded.items()):
         print(f"  {name}: {e.num_vectors} vectors, step {e.step}, {e.filename}")
     if skipped:

@@ -14,6 +14,11 @@ The reverse of what diffusers' single-file loader does, so that a diffusers mode
 * Text encoder: SD 1.x CLIP under ``cond_stage_model.transformer.text_model.`` (names unchanged); SD 2.x
   OpenCLIP under ``cond_stage_model.model.`` with ``resblocks``, ``ln_1``/``ln_2``, ``mlp.c_fc``/``c_proj`` and
   q/k/v fused into one ``in_proj`` matrix.
+* SDXL (`sdxl_to_original`): the same UNet mapping plus the added "text_time" embedding
+  (``add_embedding.linear_1/2`` -> ``label_emb.0.0/2``), the same VAE, CLIP-L under
+  ``conditioner.embedders.0.transformer.text_model.`` and OpenCLIP ViT-bigG under ``conditioner.embedders.1.model.``
+  in the OpenCLIP layout, its projection stored as OpenCLIP does (``x @ text_projection``, the transpose of the
+  diffusers linear layer's weight).
 """
 import re
 
@@ -23,11 +28,14 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."
 OPENCLIP_PREFIX = "cond_stage_model.model."
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."
 
 _RESNET_UNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
                 ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection")]
 _UNET_FIXED = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-               "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+               "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+               "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
@@ -48,6 +56,16 @@ def diffusers_to_original(unet, vae, text_encoder, text_layout: str | None = Non
         state.update(text_encoder_to_clip(text_encoder))
     else:
         raise ValueError(f"unknown text layout {text_layout!r}")
+    return state
+
+
+def sdxl_to_original(unet, vae, text_encoder, text_encoder_2) -> dict[str, torch.Tensor]:
+    """One original-layout (SDXL base) state dict: UNet, VAE, CLIP-L and OpenCLIP ViT-bigG with projection."""
+    state = {}
+    state.update(unet_to_original(unet))
+    state.update(vae_to_original(vae))
+    state.update(text_encoder_to_clip(text_encoder, SDXL_CLIP_PREFIX))
+    state.update(text_encoder_to_openclip(text_encoder_2, SDXL_OPENCLIP_PREFIX))
     return state
 
 
@@ -131,13 +149,15 @@ def _text_state(text_encoder) -> dict[str, torch.Tensor]:
     return {k.removeprefix("text_model."): v.detach().clone() for k, v in text_encoder.state_dict().items()}
 
 
-def text_encoder_to_clip(text_encoder) -> dict[str, torch.Tensor]:
-    return {CLIP_PREFIX + k: v for k, v in _text_state(text_encoder).items()}
+def text_encoder_to_clip(text_encoder, prefix: str = CLIP_PREFIX) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in _text_state(text_encoder).items()}
 
 
-def text_encoder_to_openclip(text_encoder) -> dict[str, torch.Tensor]:
-    """OpenCLIP names, q/k/v fused into `in_proj`; plus an identity `text_projection` as SD 2 files carry one."""
+def text_encoder_to_openclip(text_encoder, prefix: str = OPENCLIP_PREFIX) -> dict[str, torch.Tensor]:
+    """OpenCLIP names, q/k/v fused into `in_proj`; `text_projection` as OpenCLIP multiplies by it (``x @ P``):
+    the transpose of a projecting encoder's linear weight, or an identity as SD 2 files carry one."""
     state = _text_state(text_encoder)
+    projection = state.pop("text_projection.weight", None)
     out = {
         "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
         "positional_embedding": state.pop("embeddings.position_embedding.weight"),
@@ -157,5 +177,6 @@ def text_encoder_to_openclip(text_encoder) -> dict[str, torch.Tensor]:
             out[dst + f"mlp.c_proj.{part}"] = state.pop(src + f"mlp.fc2.{part}")
     if state:
         raise KeyError(f"no OpenCLIP name for text encoder parameters {sorted(state)[:3]}")
-    out["text_projection"] = torch.eye(text_encoder.config.hidden_size)
-    return {OPENCLIP_PREFIX + k: v for k, v in out.items()}
+    out["text_projection"] = (projection.T.contiguous() if projection is not None
+                              else torch.eye(text_encoder.config.hidden_size))
+    return {prefix + k: v for k, v in out.items()}

@@ -192,6 +192,11 @@ class PromptEncoder:
 
     def __call__(self, prompts: list[str]) -> torch.Tensor:
         """Encode ``prompts`` into ``[len(prompts), 77 * chunks, width]``; shorter prompts get empty chunks."""
+        return self.encode(prompts)[0]
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(conditioning as __call__ returns it, pooled output of each prompt's first chunk or None)``; the
+        pooled part comes from `_run_encoder` (SDXL's projecting second encoder has one)."""
         prompts = list(prompts)
         per_prompt = [self._chunks(prompt)[0] for prompt in prompts]
         n_chunks = max(len(chunks) for chunks in per_prompt)
@@ -209,27 +214,34 @@ class PromptEncoder:
         layer = self.text_encoder.get_input_embeddings()
         device = layer.weight.device
         ids = torch.tensor(rows, dtype=torch.long, device=device)
-        z = self._encode(ids, layer, fixes)
+        z, pooled = self._encode(ids, layer, fixes)
 
         multipliers = torch.tensor(weights, dtype=torch.float32, device=z.device).unsqueeze(-1)
         z = _apply_emphasis(z.float(), multipliers).to(z.dtype)
-        return z.reshape(len(prompts), n_chunks * z.shape[1], z.shape[2])
+        if pooled is not None:
+            pooled = pooled.reshape(len(prompts), n_chunks, -1)[:, 0]
+        return z.reshape(len(prompts), n_chunks * z.shape[1], z.shape[2]), pooled
 
-    def _encode(self, ids: torch.Tensor, layer: torch.nn.Module, fixes: list) -> torch.Tensor:
+    def _encode(self, ids: torch.Tensor, layer: torch.nn.Module, fixes: list) -> tuple:
         """Run the text encoder on ``ids`` with the embedding vectors spliced into the token embeddings."""
         handle = None
         if fixes:
             handle = layer.register_forward_hook(_EmbeddingSplice(fixes, self.embeddings))
         try:
-            if self.clip_skip > 1:
-                outputs = self.text_encoder(input_ids=ids, output_hidden_states=True)
-                hidden = outputs.hidden_states[-min(self.clip_skip, len(outputs.hidden_states))]
-                final_norm = getattr(self.text_encoder, "text_model", self.text_encoder).final_layer_norm
-                return final_norm(hidden)
-            return self.text_encoder(input_ids=ids).last_hidden_state
+            return self._run_encoder(ids)
         finally:
             if handle is not None:
                 handle.remove()
+
+    def _run_encoder(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(hidden states per token, pooled output or None): the last layer's, or with ``clip_skip`` > 1 that
+        hidden state from the end through the final layer norm."""
+        if self.clip_skip > 1:
+            outputs = self.text_encoder(input_ids=ids, output_hidden_states=True)
+            hidden = outputs.hidden_states[-min(self.clip_skip, len(outputs.hidden_states))]
+            final_norm = getattr(self.text_encoder, "text_model", self.text_encoder).final_layer_norm
+            return final_norm(hidden), None
+        return self.text_encoder(input_ids=ids).last_hidden_state, None
 
 
 def _apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
 from .image_files import list_images, read_caption
+from .sdxl import vae_precision
 
 LEADING_NUMBERS = re.compile(r"^[-\d]+\s*")
 LATENT_SAMPLING = ("once", "deterministic", "random")
@@ -27,6 +28,8 @@ class Sample:
     latent: torch.Tensor  # [4, h, w]: the kept sample ("once"), or the posterior mean
     latent_std: torch.Tensor | None = None  # kept only for "random": re-sampled every time
     weight: torch.Tensor | None = None  # [4, h, w] loss weight from the PNG alpha channel
+    original_size: tuple = (0, 0)  # (height, width) of the image file, before resizing (SDXL conditions on it)
+    crop: tuple = (0, 0)  # (top, left) of the part of the image that was kept
 
 
 @dataclass
@@ -35,6 +38,9 @@ class Batch:
     weights: torch.Tensor | None
     filewords: list
     paths: list
+    original_sizes: list = field(default_factory=list)  # [(height, width)] of each image file
+    crops: list = field(default_factory=list)  # [(top, left)]: always (0, 0) (resizing keeps the whole image,
+    # not resizing trims the right/bottom edge pixels to a multiple of 8)
 
 
 @dataclass
@@ -147,14 +153,16 @@ class TextualInversionDataset:
             if should_stop and should_stop():
                 break
             try:
-                image = fit_image(open_image(path), width, height, resize)
+                image = open_image(path)
+                original_size = (image.height, image.width)
+                image = fit_image(image, width, height, resize)
             except ImageTooSmall as e:
                 self.report.skipped.append((path.name, str(e)))
                 continue
             except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
                 self.report.skipped.append((path.name, f"cannot be read as an image ({e.__class__.__name__})"))
                 continue
-            pending.append((path, image, filewords_for(path, word_regex, join_string)))
+            pending.append((path, image, filewords_for(path, word_regex, join_string), original_size))
             if len(pending) >= encode_batch:
                 self._encode(pending, use_alpha_weight, generator)
                 pending = []
@@ -178,13 +186,14 @@ class TextualInversionDataset:
             by_size.setdefault(item[1].size, []).append(item)
         vae = self.model.vae
         for group in by_size.values():
-            pixels = torch.stack([to_tensor(image) for _, image, _ in group])
-            pixels = pixels.to(self.model.device, dtype=next(vae.parameters()).dtype)
-            dist = vae.encode(pixels).latent_dist
+            pixels = torch.stack([to_tensor(image) for _, image, _, _ in group])
+            with vae_precision(self.model):
+                pixels = pixels.to(self.model.device, dtype=next(vae.parameters()).dtype)
+                dist = vae.encode(pixels).latent_dist
             mean = dist.mean.float().cpu() * self.model.latent_scale
             std = dist.std.float().cpu() * self.model.latent_scale
-            for j, (path, image, words) in enumerate(group):
-                sample = Sample(path, words, mean[j].clone())
+            for j, (path, image, words, original_size) in enumerate(group):
+                sample = Sample(path, words, mean[j].clone(), original_size=original_size)
                 if self.latent_sampling == "once":
                     noise = torch.randn(mean[j].shape, generator=generator)
                     sample.latent = mean[j] + std[j] * noise
@@ -222,4 +231,5 @@ class TextualInversionDataset:
         weights = None
         if any(s.weight is not None for s in samples):
             weights = torch.stack([s.weight if s.weight is not None else torch.ones_like(s.latent) for s in samples])
-        return Batch(torch.stack(latents), weights, [s.filewords for s in samples], [s.path for s in samples])
+        return Batch(torch.stack(latents), weights, [s.filewords for s in samples], [s.path for s in samples],
+                     [s.original_size for s in samples], [s.crop for s in samples])

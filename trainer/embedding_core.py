@@ -32,6 +32,16 @@ class Embedding:
     sd_checkpoint: str | None = None  # short hash of the checkpoint it was trained on
     sd_checkpoint_name: str | None = None
     filename: str | None = None  # where it was read from (None for one made in memory)
+    # SDXL: ``vectors`` are the clip_l and clip_g halves side by side; this is the clip_l half's width.
+    clip_l_width: int | None = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.clip_l_width is not None
+
+    def halves(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL: (clip_l vectors, clip_g vectors)."""
+        return self.vectors[:, :self.clip_l_width], self.vectors[:, self.clip_l_width:]
 
     @property
     def num_vectors(self) -> int:
@@ -84,13 +94,14 @@ def embedding_from_data(data: Any, name: str, filename: str | None = None) -> Em
     Layouts, tried in the reference's order:
       * A1111: ``{"string_to_param": {"*": tensor[n, dim]}, "step": ..., "sd_checkpoint": ..., ...}``
       * SDXL: ``{"clip_l": tensor[n, 768], "clip_g": tensor[n, 1280]}``. Kept as the two halves concatenated
-        ([n, 2048], clip_l first); with an SD 1.x/2.x model the width never matches, so it is listed as skipped,
-        exactly as the reference does with a non-SDXL model.
+        ([n, 2048], clip_l first, ``clip_l_width`` = 768); with an SD 1.x/2.x model it is listed as skipped,
+        exactly as the reference does with a non-SDXL model (see `fit_reason`).
       * diffusers concept / any single key: ``{"<token>": tensor[dim] or tensor[n, dim]}``.
     Raises `EmbeddingReadError` with the reason when none fits.
     """
     if not isinstance(data, Mapping):
         raise EmbeddingReadError(f"the file holds a {type(data).__name__}, not an embedding dictionary")
+    clip_l_width = None
     if "string_to_param" in data:
         params = data["string_to_param"]
         params = getattr(params, "_parameters", params)  # torch 1.11-era files saved a ParameterDict
@@ -104,6 +115,7 @@ def embedding_from_data(data: Any, name: str, filename: str | None = None) -> Em
         if clip_l.shape[0] != clip_g.shape[0]:
             raise EmbeddingReadError("the clip_l and clip_g tensors have different numbers of vectors")
         vectors = torch.cat([clip_l, clip_g], dim=1)
+        clip_l_width = clip_l.shape[1]
     else:
         tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]
         if not tensors:
@@ -118,11 +130,20 @@ def embedding_from_data(data: Any, name: str, filename: str | None = None) -> Em
         sd_checkpoint=_optional_str(data.get("sd_checkpoint")),
         sd_checkpoint_name=_optional_str(data.get("sd_checkpoint_name")),
         filename=filename,
+        clip_l_width=clip_l_width,
     )
 
 
 def embedding_to_reference_dict(embedding: Embedding) -> dict:
-    """The dict the reference saves with ``torch.save`` (and diffusers' ``load_textual_inversion`` reads)."""
+    """The dict the reference saves with ``torch.save`` (and diffusers' ``load_textual_inversion`` reads).
+
+    SDXL: ``clip_l`` and ``clip_g`` tensors instead of ``string_to_param`` (what the reference, kohya and ComfyUI
+    read), with the same name/step/checkpoint fields."""
+    info = {"name": embedding.name, "step": embedding.step, "sd_checkpoint": embedding.sd_checkpoint,
+            "sd_checkpoint_name": embedding.sd_checkpoint_name}
+    if embedding.is_sdxl:
+        clip_l, clip_g = (half.detach().to("cpu", torch.float32).contiguous().clone() for half in embedding.halves())
+        return {"clip_l": clip_l, "clip_g": clip_g, **info}
     return {
         "string_to_token": {"*": REFERENCE_TOKEN_ID},
         "string_to_param": {"*": embedding.vectors.detach().to("cpu", torch.float32).contiguous().clone()},
@@ -142,6 +163,26 @@ def vectors_checksum(vectors: torch.Tensor) -> str:
     for value in (vectors.detach().to("cpu", torch.float32).reshape(-1) * 100).tolist():
         folded = (folded * 281 ^ int(value) * 997) & 0xFFFFFFFF
     return f"{folded & 0xFFFF:04x}"
+
+
+def fit_reason(embedding: Embedding, width: int, clip_l_width: int | None = None) -> str | None:
+    """Why ``embedding`` cannot be used with a model whose embedding vectors are ``width`` wide (and, on SDXL,
+    whose clip_l part is ``clip_l_width`` wide), or None when it fits."""
+    if clip_l_width is None:  # an SD 1.x/2.x model
+        if embedding.shape != width:
+            return width_mismatch_reason(embedding.shape, width)
+        if embedding.is_sdxl:
+            return "it is an SDXL embedding (clip_l and clip_g vectors) and this is not an SDXL model"
+        return None
+    if not embedding.is_sdxl:
+        family = FAMILY_BY_WIDTH.get(embedding.shape, "an SD 1.x/2.x")
+        family = f"an {family}" if not family.startswith("an ") else family
+        return (f"it is {family} embedding ({embedding.shape}-wide vectors for one text encoder); an SDXL model "
+                "needs clip_l and clip_g vectors")
+    if embedding.clip_l_width != clip_l_width or embedding.shape != width:
+        return (f"its clip_l/clip_g widths {embedding.clip_l_width}/{embedding.shape - embedding.clip_l_width} "
+                f"do not match the model's {clip_l_width}/{width - clip_l_width}")
+    return None
 
 
 def width_mismatch_reason(width: int, expected: int) -> str:

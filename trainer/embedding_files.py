@@ -48,13 +48,17 @@ def save_embedding_pt(embedding: Embedding, path: str | os.PathLike) -> Path:
 
 
 def save_embedding_safetensors(embedding: Embedding, path: str | os.PathLike) -> Path:
-    """Write ``{"emb_params": tensor[n, dim]}`` with name/step/checkpoint as string metadata."""
+    """Write ``{"emb_params": tensor[n, dim]}`` (SDXL: ``{"clip_l": ..., "clip_g": ...}``) with
+    name/step/checkpoint as string metadata."""
     metadata = {"name": embedding.name}
     for key in ("step", "sd_checkpoint", "sd_checkpoint_name"):
         value = getattr(embedding, key)
         if value is not None:
             metadata[key] = str(value)
     tensors = {SAFETENSORS_KEY: embedding.vectors.detach().to("cpu", torch.float32).contiguous()}
+    if embedding.is_sdxl:
+        tensors = dict(zip(("clip_l", "clip_g"), (half.detach().to("cpu", torch.float32).contiguous()
+                                                  for half in embedding.halves())))
     return atomic_write(path, lambda temp: safetensors.torch.save_file(tensors, temp, metadata=metadata))
 
 

@@ -22,8 +22,8 @@ from trainer.embedding_core import (
     EmbeddingReadError,
     embedding_from_data,
     embedding_to_reference_dict,
+    fit_reason,
     vectors_checksum,
-    width_mismatch_reason,
 )
 from trainer.embedding_files import (
     PICKLE_EXTENSIONS,
@@ -107,6 +107,7 @@ def create_embedding(
     checkpoint_hash: str | None = None,
     checkpoint_name: str | None = None,
     file_format: str = "pt",
+    text_encoder_2=None,
 ) -> Path:
     """Create ``<embeddings_dir>/<clean name>.pt`` (or ``.safetensors`` with ``file_format="safetensors"``) at
     step 0 and return its path (the Create embedding tab).
@@ -115,6 +116,10 @@ def create_embedding(
     an existing embedding of that name (``<name>.pt``, ``.bin``, ``.safetensors``, ``.png``...) unless
     ``overwrite``, which replaces a ``.pt``/``.safetensors`` file of that name in place (keeping its format), so
     no second file of the same name appears.
+
+    SDXL (``text_encoder_2`` given): vectors for both encoders from the same init text (the encoders share the
+    tokenizer's vocabulary), written as ``.safetensors`` with ``clip_l`` and ``clip_g`` keys whichever format
+    was asked for (what the reference, kohya, ComfyUI and diffusers read).
     """
     if file_format not in ("pt", "safetensors"):
         raise UserError(f"Embedding file format must be pt or safetensors, not {file_format!r}.")
@@ -137,12 +142,18 @@ def create_embedding(
             f"An embedding named '{clean}' already exists ({existing}); tick 'Overwrite Old Embedding' to replace it."
         )
     refuse_if_locked(directory, clean, "embedding", "overwritten")
+    vectors, clip_l_width = _init_vectors(tokenizer, text_encoder, init_text, count), None
+    if text_encoder_2 is not None:
+        clip_l_width = vectors.shape[1]
+        vectors = torch.cat([vectors, _init_vectors(tokenizer, text_encoder_2, init_text, count)], dim=1)
+        file_format = "safetensors"
     embedding = Embedding(
         name=clean,
-        vectors=_init_vectors(tokenizer, text_encoder, init_text, count),
+        vectors=vectors,
         step=0,
         sd_checkpoint=checkpoint_hash,
         sd_checkpoint_name=checkpoint_name,
+        clip_l_width=clip_l_width,
     )
     target = directory / f"{clean}.{file_format}"
     if existing is not None:  # replaced where it is, keeping its format (a picture's becomes a .pt beside it)
@@ -170,13 +181,14 @@ def _walk_files(root: Path):
 
 
 def load_embeddings_dir(
-    directory: str | os.PathLike, expected_width: int | None, tokenizer=None
+    directory: str | os.PathLike, expected_width: int | None, tokenizer=None, clip_l_width: int | None = None
 ) -> tuple[dict[str, Embedding], dict[str, tuple[Embedding | None, str]]]:
     """Load every embedding under ``directory`` (recursively).
 
     Returns ``(loaded, skipped)``: ``loaded`` maps name → `Embedding` (sorted by lower-cased name, as the
     reference); ``skipped`` maps name → (`Embedding` or None, reason) for files that are embeddings but cannot
-    be used: another width than ``expected_width`` (None accepts any), unreadable or unsafe files, a name with no
+    be used: another width than ``expected_width`` (None accepts any), the wrong family (``clip_l_width`` given:
+    an SDXL model, which takes only SDXL embeddings with that clip_l width; not given: no SDXL ones), unreadable or unsafe files, a name with no
     tokens (when ``tokenizer`` is given), a duplicate name. Files of other kinds, zero-byte files,
     ``*.preview.png`` and pictures without embedding data are ignored silently. Never raises for a bad file.
 
@@ -210,8 +222,9 @@ def load_embeddings_dir(
             continue
         if embedding is None:
             continue
-        if expected_width is not None and embedding.shape != expected_width:
-            skip(embedding.name, path, embedding, width_mismatch_reason(embedding.shape, expected_width))
+        reason = fit_reason(embedding, expected_width, clip_l_width) if expected_width is not None else None
+        if reason is not None:
+            skip(embedding.name, path, embedding, reason)
             continue
         if tokenizer is not None and not tokenizer(embedding.name, add_special_tokens=False)["input_ids"]:
             skip(embedding.name, path, embedding, "the name has no tokens, so no prompt can use it")
@@ -250,16 +263,19 @@ def to_api_json(loaded: dict[str, Embedding], skipped: dict[str, tuple[Embedding
 class EmbeddingDatabase:
     """The embeddings folder as last loaded for one model width. Call `load` again to pick up changes."""
 
-    def __init__(self, embeddings_dir: str | os.PathLike, expected_width: int | None, tokenizer=None):
+    def __init__(self, embeddings_dir: str | os.PathLike, expected_width: int | None, tokenizer=None,
+                 clip_l_width: int | None = None):
         self.embeddings_dir = Path(embeddings_dir)
         self.expected_width = expected_width
+        self.clip_l_width = clip_l_width
         self.tokenizer = tokenizer
         self.loaded: dict[str, Embedding] = {}
         self.skipped: dict[str, tuple[Embedding | None, str]] = {}
 
     def load(self) -> "EmbeddingDatabase":
         """(Re)read the folder; returns self."""
-        self.loaded, self.skipped = load_embeddings_dir(self.embeddings_dir, self.expected_width, self.tokenizer)
+        self.loaded, self.skipped = load_embeddings_dir(self.embeddings_dir, self.expected_width, self.tokenizer,
+                                                        self.clip_l_width)
         return self
 
     def names(self) -> list[str]:

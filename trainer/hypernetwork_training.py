@@ -27,6 +27,7 @@ from .hypernetwork import (HypernetworkFolder, HypernetworkReadError, context_wi
                            load_optimizer_state, read_hypernetwork, save_hypernetwork, save_optimizer_state)
 from .hypernetwork_attention import apply_hypernetworks, extract_hypernetwork_tags
 from .sampling import save_png_with_infotext, txt2img
+from .sdxl import refuse_sdxl_hypernetwork_training
 from .train_config import TrainConfig
 from .training_common import (LoopParts, TrainResult, denoising_loss, end_message, prepare_log_dir, preview_params,
                               report_data_parallel, resolve_template, restore_optimizer_state, run_training_loop,
@@ -82,6 +83,7 @@ def _train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir
     should_stop = should_stop or (lambda: False)
     if not cfg.name:
         raise UserError("Choose a hypernetwork to train (create one in the Create hypernetwork tab).")
+    refuse_sdxl_hypernetwork_training(model)
     cfg.validate()
     warnings = []
 

@@ -17,6 +17,8 @@ What the checkpoint dropdown lists (`list_checkpoints`) and what `load_model` ac
      ``is_using_v_parameterization_for_sd2``, done here on the already-loaded diffusers UNet: ~3 s on a
      2-core CPU).
   ``.ckpt`` files are read with ``torch.load(weights_only=True)``: a pickle that would run code is refused.
+* SDXL base models, as a folder or a single file (two text encoders): recognised and loaded by
+  `trainer.sdxl_models` (configs in ``trainer/assets/configs/sdxl``); the SDXL refiner is refused.
 
 ``config_dir`` (tests, or an unusual model): a diffusers config folder that describes the single file's
 architecture, used instead of the detected family (its scheduler config gives the prediction type unless a
@@ -263,7 +265,9 @@ def _display_name(path: Path, ckpt_dir) -> str:
 
 def _finish(name: str, short_hash: str, components: dict, device: torch.device) -> SDModel:
     """fp32 on the device, eval mode, nothing trainable."""
-    for key in ("text_encoder", "unet", "vae"):
+    for key in ("text_encoder", "unet", "vae", "text_encoder_2"):
+        if components.get(key) is None:
+            continue  # text_encoder_2: SDXL only
         module = components[key].to(device)
         if any(p.dtype != torch.float32 for p in module.parameters()):
             module.float()  # (not `.to(dtype)`, which makes diffusers warn about fp32-pinned modules)
@@ -274,6 +278,7 @@ def _finish(name: str, short_hash: str, components: dict, device: torch.device) 
         text_encoder=components["text_encoder"], unet=components["unet"], vae=components["vae"],
         scheduler_config=components["scheduler_config"], device=device,
         dtype=torch.float16 if device.type == "cuda" else torch.float32,
+        tokenizer_2=components.get("tokenizer_2"), text_encoder_2=components.get("text_encoder_2"),
     )
 
 
@@ -310,6 +315,12 @@ def _load_diffusers_folder(folder: Path, name: str) -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    from trainer.sdxl_models import load_sdxl_folder, refuse_unknown_folder, sdxl_folder_kind
+
+    if sdxl_folder_kind(folder) is not None:
+        return load_sdxl_folder(folder, name)
+    refuse_unknown_folder(folder, name)
+
     try:
         parts = {}
         for key, cls, dtype_arg in (("unet", UNet2DConditionModel, "torch_dtype"),
@@ -336,6 +347,10 @@ def _load_diffusers_folder(folder: Path, name: str) -> dict:
 def _load_single_file(path: Path, name: str, config_dir: Path | None) -> dict:
     """Weights from one original-layout file, architecture from a family config folder (or config_dir)."""
     state = normalize_text_keys(read_state_dict(path))
+    from trainer.sdxl_models import is_sdxl_state, load_sdxl_single_file
+
+    if is_sdxl_state(state):
+        return load_sdxl_single_file(state, name, config_dir)
     layout = text_layout(state)
     prediction = sidecar_prediction_type(path)
     if config_dir is None:

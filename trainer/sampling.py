@@ -32,6 +32,7 @@ from .hypernetwork_attention import apply_hypernetworks, resolve_prompt_hypernet
 from .prompt_parser import prompt_schedule, split_and
 from .samplers import SAMPLERS, make_scheduler, sampler_spec
 from .sd_model import SDModel
+from .sdxl import prompt_encoder_for, size_time_ids, unet_inputs, vae_precision
 
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed accepts
 RANDOM_SEED_BOUND = 4294967294  # random seeds are drawn below this, like the reference's
@@ -180,14 +181,23 @@ def _decode(model: SDModel, latents: torch.Tensor) -> Image.Image:
     shift = getattr(model.vae.config, "shift_factor", None)
     if shift:
         latents = latents + shift
-    vae_dtype = next(model.vae.parameters()).dtype
-    pixels = model.vae.decode(latents.to(vae_dtype)).sample.float()
+    with vae_precision(model):
+        vae_dtype = next(model.vae.parameters()).dtype
+        pixels = model.vae.decode(latents.to(vae_dtype)).sample.float()
     pixels = ((pixels[0] / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
 
 
-def _denoise(model, params, plan, encoded, seed, progress, should_stop, image_index):
-    """Run the sampler for one image; the final latents, or None when `should_stop()` said stop."""
+def _batch_conditioning(conds: list):
+    """Stack per-text conditionings: tensors, or SDXL's (context, pooled) pairs."""
+    if isinstance(conds[0], tuple):
+        return tuple(torch.cat(parts, dim=0) for parts in zip(*conds))
+    return torch.cat(conds, dim=0)
+
+
+def _denoise(model, params, plan, encoded, seed, progress, should_stop, image_index, negatives=None):
+    """Run the sampler for one image; the final latents, or None when `should_stop()` said stop. `negatives`
+    (default: `encoded`) maps negative texts to their conditioning."""
     device = model.device
     scheduler = make_scheduler(params.sampler, model.scheduler_config, model.prediction_type, seed)
     scheduler.set_timesteps(params.steps, device=device)
@@ -201,17 +211,20 @@ def _denoise(model, params, plan, encoded, seed, progress, should_stop, image_in
     latents = latents * scheduler.init_noise_sigma
 
     weights = torch.tensor(plan.weights, device=device)
+    negatives = encoded if negatives is None else negatives
     timesteps = list(scheduler.timesteps)
     for index, t in enumerate(timesteps):
         if should_stop is not None and should_stop():
             return None
         step = _sampling_step(index, order, params.steps)
         negative_text, part_texts = plan.texts_at(step)
-        context = torch.cat([encoded[text] for text in [negative_text, *part_texts]], dim=0)
+        conds = [negatives[negative_text]] + [encoded[text] for text in part_texts]
+        cond = _batch_conditioning(conds)
+        sizes = size_time_ids(params.height, params.width, len(conds), device) if isinstance(cond, tuple) else None
 
         model_input = scheduler.scale_model_input(latents, t)
-        model_input = model_input.expand(context.shape[0], *model_input.shape[1:])
-        prediction = model.unet(model_input, t, encoder_hidden_states=context).sample.float()
+        model_input = model_input.expand(len(conds), *model_input.shape[1:])
+        prediction = model.unet(model_input, t, **unet_inputs(cond, sizes)).sample.float()
         guided = combine_guidance(prediction, weights, params.cfg_scale)
 
         extra = {"generator": generator} if step_takes_generator else {}
@@ -249,15 +262,30 @@ def txt2img(
     results = []
     with torch.no_grad(), autocast:
         plan = ConditioningPlan.build(prompt, params.negative_prompt, params.steps)
-        encoder = PromptEncoder(model.tokenizer, model.text_encoder, embeddings, clip_skip=params.clip_skip)
+        if getattr(model, "is_sdxl", False):
+            encoder = prompt_encoder_for(model, embeddings, clip_skip=params.clip_skip)
+        else:
+            encoder = PromptEncoder(model.tokenizer, model.text_encoder, embeddings, clip_skip=params.clip_skip)
         texts = plan.distinct_texts()
-        vectors = encoder(texts).to(model.device)
-        encoded = {text: vectors[i:i + 1] for i, text in enumerate(texts)}
+        out = encoder(texts)
+        if isinstance(out, tuple):  # SDXL: (context, pooled)
+            context, pooled = (part.to(model.device) for part in out)
+            encoded = {text: (context[i:i + 1], pooled[i:i + 1]) for i, text in enumerate(texts)}
+        else:
+            vectors = out.to(model.device)
+            encoded = {text: vectors[i:i + 1] for i, text in enumerate(texts)}
+        negatives = encoded
+        if getattr(model, "is_sdxl", False) and not params.negative_prompt.strip():
+            # SDXL was trained with zeroed conditioning for an empty prompt (diffusers' force_zeros_for_empty_prompt;
+            # the reference does the same for an empty negative prompt).
+            negatives = {text: tuple(torch.zeros_like(part) for part in encoded[text])
+                         for _, text in plan.negative_schedule}
 
         for image_index in range(params.batch_count):
             seed = first_seed + image_index
             with apply_hypernetworks(model.unet, hypernetwork_stack):
-                latents = _denoise(model, params, plan, encoded, seed, progress, should_stop, image_index)
+                latents = _denoise(model, params, plan, encoded, seed, progress, should_stop, image_index,
+                                   negatives)
             if latents is None:
                 break
             image = _decode(model, latents)

@@ -17,10 +17,34 @@ class SDModel:
     scheduler_config: dict  # the training noise scheduler's config (DDPM-compatible)
     device: torch.device
     dtype: torch.dtype = torch.float32  # compute dtype for autocast on GPU; weights stay fp32 on CPU
+    # SDXL only: the second text encoder (OpenCLIP ViT-bigG as CLIPTextModelWithProjection) and its tokenizer
+    # (the same BPE, padding with "!"). None on SD 1.x/2.x.
+    tokenizer_2: object = None
+    text_encoder_2: torch.nn.Module | None = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def family(self) -> str:
+        """"SDXL", "SD 2.x" or "SD 1.x" (by the text width; the demo model counts as SD 1.x-shaped)."""
+        if self.is_sdxl:
+            return "SDXL"
+        return "SD 2.x" if self.text_encoder.config.hidden_act == "gelu" else "SD 1.x"
+
+    @property
+    def clip_l_width(self) -> int | None:
+        """SDXL: the first encoder's width (the `clip_l` part of an embedding); None on SD 1.x/2.x."""
+        return self.text_encoder.get_input_embeddings().weight.shape[1] if self.is_sdxl else None
 
     @property
     def text_width(self) -> int:
-        return self.text_encoder.get_input_embeddings().weight.shape[1]
+        """The width of an embedding vector: the text encoder's, or on SDXL both encoders' (clip_l + clip_g)."""
+        width = self.text_encoder.get_input_embeddings().weight.shape[1]
+        if self.is_sdxl:
+            width += self.text_encoder_2.get_input_embeddings().weight.shape[1]
+        return width
 
     @property
     def prediction_type(self) -> str:

@@ -1,7 +1,9 @@
 """Train a textual-inversion embedding: only its vectors learn; text encoder, UNet and VAE stay frozen.
 
 Reads top to bottom: settings -> data (latents cached once) -> the trainable vectors, their optimizer and loss ->
-the shared optimizer-step loop (`training_common.run_training_loop`) -> save. Device placement, mixed precision, gradient accumulation and data parallelism go through accelerate,
+the shared optimizer-step loop (`training_common.run_training_loop`) -> save. On SDXL the vectors are both
+encoders' (clip_l and clip_g side by side) and the UNet also gets the pooled text and each image's size/crop
+(`trainer.sdxl`). Device placement, mixed precision, gradient accumulation and data parallelism go through accelerate,
 so `accelerate launch -m trainer train-embedding ...` runs this very loop on several GPUs.
 """
 from pathlib import Path
@@ -9,13 +11,13 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler
 
-from .conditioning import PromptEncoder
 from .dataset import read_template
 from .embeddings import (Embedding, load_embeddings_dir, load_optimizer_state, save_embedding, save_optimizer_state,
                          write_image_embedding)
 from .errors import UserError
 from .locks import training_lock
 from .sampling import save_png_with_infotext, txt2img
+from .sdxl import batch_time_ids, prompt_encoder_for, unet_inputs
 from .train_config import TrainConfig
 from .training_common import (LoopParts, TrainResult, denoising_loss, end_message, prepare_log_dir, preview_params,
                               report_data_parallel, resolve_template, restore_optimizer_state, run_training_loop,
@@ -33,11 +35,11 @@ class TrainableVectors(torch.nn.Module):
         return self.vectors
 
 
-def find_embedding(embeddings_dir, name: str, width: int):
+def find_embedding(embeddings_dir, name: str, width: int, clip_l_width: int | None = None):
     """(the embedding called `name` in the embeddings folder, the file to save it back to). Found as the
     embeddings list finds it (recursively, any format); a file the model cannot use is refused with its reason.
-    An embedding read from an image is saved back as `<name>.pt` beside it."""
-    loaded, skipped = load_embeddings_dir(embeddings_dir, width)
+    An embedding read from an image is saved back as `<name>.pt` beside it (SDXL: `<name>.safetensors`)."""
+    loaded, skipped = load_embeddings_dir(embeddings_dir, width, clip_l_width=clip_l_width)
     if name not in loaded:
         if name in skipped:
             raise UserError(f"Embedding '{name}' cannot be trained on this model: {skipped[name][1]}.")
@@ -45,7 +47,7 @@ def find_embedding(embeddings_dir, name: str, width: int):
     embedding = loaded[name]
     path = Path(embedding.filename)
     if path.suffix.lower() not in (".pt", ".bin", ".safetensors"):
-        path = path.with_name(f"{name}.pt")
+        path = path.with_name(f"{name}.safetensors" if embedding.is_sdxl else f"{name}.pt")
     return embedding, path
 
 
@@ -71,7 +73,7 @@ def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, oth
     if not any("[name]" in line for line in template_lines):
         warnings.append(f"Prompt template {template_path.name} has no [name]: the embedding never appears "
                         "in the training prompts, so it will not learn anything.")
-    embedding, embedding_path = find_embedding(embeddings_dir, cfg.name, model.text_width)
+    embedding, embedding_path = find_embedding(embeddings_dir, cfg.name, model.text_width, model.clip_l_width)
     start_step = embedding.step or 0
     run = start_run(model, cfg, start_step, "Embedding", accelerator, warnings, emit, should_stop)
     accelerator, seed, rng, generator = run.accelerator, run.seed, run.rng, run.generator
@@ -93,12 +95,13 @@ def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, oth
     raw_trainable = accelerator.unwrap_model(trainable)
     others = {k: v for k, v in (other_embeddings or {}).items() if k != cfg.name}
     noise_scheduler = DDPMScheduler.from_config(model.scheduler_config)
-    encoder = PromptEncoder(model.tokenizer, model.text_encoder, {**others, cfg.name: raw_trainable.vectors})
+    encoder = prompt_encoder_for(model, {**others, cfg.name: raw_trainable.vectors})
 
     def compute_loss(batch, prompts):
         def predict(noisy, timesteps):
             with accelerator.autocast():
-                return model.unet(noisy, timesteps, encoder(prompts)).sample
+                sizes = batch_time_ids(batch, noisy, model.vae_scale_factor) if model.is_sdxl else None
+                return model.unet(noisy, timesteps, **unet_inputs(encoder(prompts), sizes)).sample
 
         vectors = trainable()  # through the (possibly DDP-wrapped) module, so gradients are synchronised
         # A prompt without the embedding (a template line with no [name]) still gives the vectors a (zero)
@@ -107,10 +110,11 @@ def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, oth
 
     def current_embedding(vectors, step):
         return Embedding(cfg.name, vectors.detach().float().cpu().clone(), step, model.checkpoint_hash,
-                         model.name)
+                         model.name, clip_l_width=model.clip_l_width)
 
     def save_copy(vectors, step):
-        return save_embedding(current_embedding(vectors, step), log_dir / "embeddings" / f"{cfg.name}-{step}.pt")
+        suffix = ".safetensors" if model.is_sdxl else ".pt"
+        return save_embedding(current_embedding(vectors, step), log_dir / "embeddings" / f"{cfg.name}-{step}{suffix}")
 
     def preview(vectors, step, caption):
         make_preview(model, cfg, current_embedding(vectors, step), others, caption, log_dir, emit)

@@ -98,7 +98,8 @@ class Workspace:
         key = (model.checkpoint_hash, model.text_width, folder_fingerprint(folder))
         with self._embeddings_lock:
             if self._embeddings is None or self._embeddings[0] != key:
-                self._embeddings = (key, load_embeddings_dir(folder, model.text_width))
+                self._embeddings = (key, load_embeddings_dir(folder, model.text_width,
+                                                             clip_l_width=model.clip_l_width))
             return self._embeddings[1]
 
     def embedding_vectors(self) -> dict:
@@ -139,7 +140,9 @@ class Workspace:
     def start_hypernetwork_training(self, cfg):
         """Start training a hypernetwork in the background job; refused (UserError) while another job runs."""
         from .hypernetwork_training import train_hypernetwork
+        from .sdxl import refuse_sdxl_hypernetwork_training
 
+        refuse_sdxl_hypernetwork_training(self.model)
         return self._start_training_job(cfg, "hypernetwork", lambda model, job: train_hypernetwork(
             model, cfg, self.folders.hypernetwork_dir, self.folders.templates_dir,
             embeddings=self.embedding_vectors(), progress=job.report, should_stop=job.stop.is_set))

@@ -217,7 +217,7 @@ def model_caption(ws) -> str:
     if model is None:
         return "No model loaded."
     return (f"Loaded **{model.name}** [{model.checkpoint_hash}] on {model.device} "
-            f"(text width {model.text_width}, {model.prediction_type})")
+            f"({model.family}, text width {model.text_width}, {model.prediction_type})")
 
 
 def token_counter_html(ws, prompt: str) -> str:

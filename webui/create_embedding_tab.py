@@ -14,7 +14,8 @@ def build() -> SimpleNamespace:
         overwrite = gr.Checkbox(label="Overwrite Old Embedding", value=False, elem_id="train_overwrite_old_embedding")
         file_format = gr.Radio(label="File format", choices=[(".pt (the reference's)", "pt"),
                                                              (".safetensors", "safetensors")],
-                               value="pt", elem_id="train_embedding_file_format")
+                               value="pt", elem_id="train_embedding_file_format",
+                               info="SDXL models: always .safetensors with clip_l and clip_g")
         button = gr.Button("Create embedding", variant="primary", elem_id="train_create_embedding")
     return SimpleNamespace(name=name, init_text=init_text, vectors=vectors, overwrite=overwrite,
                            file_format=file_format, button=button)
@@ -28,5 +29,6 @@ def create(ws, name, init_text, vectors, overwrite, file_format="pt") -> Path:
     path = create_embedding(model.tokenizer, model.text_encoder, name, init_text=init_text,
                             num_vectors=int(vectors), overwrite=bool(overwrite),
                             embeddings_dir=ws.folders.embeddings_dir, checkpoint_hash=model.checkpoint_hash,
-                            checkpoint_name=model.name, file_format=file_format)
+                            checkpoint_name=model.name, file_format=file_format,
+                            text_encoder_2=model.text_encoder_2)  # SDXL: clip_l + clip_g, as .safetensors
     return Path(path)
