@@ -1,4 +1,5 @@
 """Start the web UI:  python app.py [--port 7860] [--listen --gradio-auth user:pass] [--model demo|PATH] ...
+                     [--api [--api-auth user:pass]]   (the reference's HTTP API under /sdapi/v1, same port)
 
 Serves on http://127.0.0.1:7860 with no download and no GPU needed (the embedded demo model is the default).
 """
@@ -24,15 +25,17 @@ def parse_args(argv=None):
     parser.add_argument("--textual-inversion-templates-dir", default="textual_inversion_templates")
     parser.add_argument("--outputs-dir", default="outputs", help="where txt2img images are kept")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
+    parser.add_argument("--api", action="store_true", help="serve the reference's HTTP API (/sdapi/v1/...) on the same port")
+    parser.add_argument("--api-auth", default=None, help="user:password[,user2:password2] for the API (HTTP basic)")
     return parser.parse_args(argv)
 
 
-def parse_auth(text: str):
+def parse_auth(text: str, flag: str = "--gradio-auth"):
     pairs = []
     for item in text.split(","):
         user, sep, password = item.strip().partition(":")
         if not sep or not user or not password:
-            raise ValueError(f"--gradio-auth expects user:password, got {item.strip()!r}")
+            raise ValueError(f"{flag} expects user:password, got {item.strip()!r}")
         pairs.append((user, password))
     return pairs
 
@@ -45,12 +48,16 @@ def main(argv=None) -> int:
             auth = parse_auth(args.gradio_auth)
         if args.listen and not auth:
             raise ValueError("--listen serves the app to the network; set --gradio-auth user:password too")
+        api_auth = parse_auth(args.api_auth, "--api-auth") if args.api_auth else None
+        if args.listen and args.api and not api_auth:
+            raise ValueError("--listen with --api serves the API to the network; set --api-auth user:password too")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     from trainer.errors import UserError
     from trainer.workspace import Folders, Workspace
+    from webui.api import api_app_kwargs, no_api_app_kwargs
     from webui.app import build_app
     from webui.job_view import CSS
 
@@ -71,8 +78,9 @@ def main(argv=None) -> int:
         print(f"Skipped {len(skipped)}: " + ", ".join(f"{name} ({reason})" for name, (_, reason) in sorted(skipped.items())))
     demo = build_app(ws)
     demo.queue(default_concurrency_limit=2)
+    app_kwargs = api_app_kwargs(ws, api_auth) if args.api else no_api_app_kwargs()
     demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, auth=auth,
-                css=CSS, footer_links=[], show_error=True)
+                css=CSS, footer_links=[], show_error=True, app_kwargs=app_kwargs)
     return 0
 
 
