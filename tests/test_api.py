@@ -234,6 +234,18 @@ def test_train_hypernetwork_and_preprocess(api, server):
     assert len(list((folder / "pp").glob("*.png"))) == 8  # four photos and their mirrored copies
 
 
+def test_refresh_routes_and_calls_from_other_sites(api, server):
+    _, folder = server
+    assert api.refresh_checkpoints() is None  # the reference answers null
+    assert http(server, "POST", "/refresh-embeddings").json() is None
+    # a page of another site cannot make a visitor's browser start work here
+    before = files_under(folder)
+    response = http(server, "POST", "/create/embedding", json={"name": "from-elsewhere"},
+                    headers={"Origin": "http://evil.example"})
+    assert response.status_code == 403 and response.json()["error"] == "Forbidden"
+    assert files_under(folder) == before
+
+
 # --- refusals: 4xx JSON, nothing written ----------------------------------------------------------------------
 BAD_REQUESTS = [
     ("/train/embedding", {"embedding_name": "nope", "data_root": "data"}, 404, "'nope' was not found"),

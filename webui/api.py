@@ -28,7 +28,8 @@ from trainer.samplers import SAMPLERS
 from trainer.train_config import PreviewSettings, TrainConfig
 
 from . import api_models as m
-from .api_http import API_PREFIX, ApiError, BasicAuth, api_error_handler, docs_page, validation_error_handler
+from .api_http import (API_PREFIX, ApiError, BasicAuth, api_error_handler, docs_page, same_origin,
+                       validation_error_handler)
 from .api_progress import Generation, png_base64, progress_body
 
 VERSION = "ti-trainer"
@@ -61,7 +62,7 @@ class Api:
         self.options = TrainingOptions()
         self.generation = Generation()
         self.auth = BasicAuth(credentials)
-        self.router = APIRouter(prefix=API_PREFIX, dependencies=[Depends(self.auth)])
+        self.router = APIRouter(prefix=API_PREFIX, dependencies=[Depends(self.auth), Depends(same_origin)])
         get, post = self._get, self._post
         get("/sd-models", self.sd_models, list[m.SDModelItem])
         get("/samplers", self.samplers, list[m.SamplerItem])
@@ -421,7 +422,7 @@ class Api:
                                        RequestValidationError: validation_error_handler}}
 
 
-ERROR_RESPONSES = {code: {"model": m.ErrorResponse} for code in (400, 401, 404, 409, 422)}
+ERROR_RESPONSES = {code: {"model": m.ErrorResponse} for code in (400, 401, 403, 404, 409, 422)}
 
 
 def api_app_kwargs(ws, credentials=None) -> dict:

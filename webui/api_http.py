@@ -4,6 +4,7 @@ import base64
 import binascii
 import html
 import secrets
+from urllib.parse import urlsplit
 
 from fastapi import Request
 from fastapi.exception_handlers import request_validation_exception_handler
@@ -11,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
 API_PREFIX = "/sdapi/v1"
-REASONS = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 409: "Conflict",
+REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
            422: "Unprocessable Entity", 500: "Internal Server Error"}
 
 
@@ -76,6 +77,16 @@ class BasicAuth:
         if not ok:
             raise ApiError(401, "Incorrect or missing user name and password (HTTP basic auth, --api-auth).",
                            {"WWW-Authenticate": "Basic"})
+
+
+def same_origin(request: Request):
+    """Refuse a state-changing call that a page of another site makes from a visitor's browser (browsers send
+    `Origin` with such calls; scripts and clients like webuiapi send none)."""
+    origin = request.headers.get("origin")
+    if request.method == "GET" or not origin:
+        return
+    if urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
+        raise ApiError(403, f"Calls from pages of another site ({origin}) are refused.")
 
 
 def _basic_credentials(header: str) -> tuple[bytes, bytes]:
