@@ -30,8 +30,13 @@ SMALL = {"training_width": 64, "training_height": 64, "preview_steps": 2, "previ
 def server(tmp_path_factory):
     folder = workdir(tmp_path_factory.mktemp("api"))
     make_dataset(folder / "data", size=(64, 64))
+    (folder / "notes").mkdir()
+    (folder / "notes" / "readme.txt").write_text("no pictures here\n")
     save_diffusers_folder(tiny_components("sd2", seed=3), folder / "models" / "Stable-diffusion" / "tiny-sd2")
     with running_app(folder, "--api", "--api-auth", f"{USER}:{PASSWORD}") as url:
+        created = requests.post(url + API + "/create/embedding", auth=(USER, PASSWORD), timeout=300,
+                                json={"name": "toy", "num_vectors_per_token": 2, "init_text": "toy"})
+        assert created.json() == {"info": "create embedding filename: embeddings/toy.pt"}
         yield url, folder
 
 
@@ -73,7 +78,10 @@ def test_models_samplers_options_and_lists(api):
     options = api.get_options()
     assert options["sd_model_checkpoint"] == demo["title"] and options["save_optimizer_state"] is True
     assert api.get_hypernetworks() == []
-    assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
+    embeddings = api.get_embeddings()
+    assert embeddings["skipped"] == {} and list(embeddings["loaded"]) == ["toy"]
+    assert embeddings["loaded"]["toy"] == {"step": 0, "sd_checkpoint": demo["hash"], "sd_checkpoint_name": "demo",
+                                           "shape": embeddings["loaded"]["toy"]["shape"], "vectors": 2}
 
 
 def test_embedding_in_prompt_is_honoured(api, server):
@@ -139,7 +147,6 @@ def test_switching_checkpoint_through_options(api, server):
 # --- training, progress, interrupt, one job at a time ---------------------------------------------------------
 def test_train_while_another_connection_polls_progress(api, server):
     url, folder = server
-    api.custom_post("sdapi/v1/create/embedding", {"name": "toy", "num_vectors_per_token": 2, "init_text": "toy"})
     seen, refusals, stop = [], [], threading.Event()
     poller = webuiapi.WebUIApi(baseurl=url + API, username=USER, password=PASSWORD)
 
@@ -218,6 +225,10 @@ def test_interrupt_saves_and_says_so(api, server):
                     f"Training interrupted at {step} steps. Embedding saved to embeddings/toy.pt.")
     after = api.get_progress()
     assert after["state"]["interrupted"] is True and after["state"]["job_count"] == 0
+    # asking for fewer steps than it already has is refused before anything starts
+    response = http(server, "POST", "/train/embedding", json={"embedding_name": "toy", "data_root": "data",
+                                                              "steps": 10})
+    assert response.status_code == 400 and f"already has {step} steps" in response.json()["detail"]
 
 
 def test_train_hypernetwork_and_preprocess(api, server):
@@ -246,6 +257,21 @@ def test_refresh_routes_and_calls_from_other_sites(api, server):
     assert files_under(folder) == before
 
 
+def test_a_failed_run_says_why(api, server):
+    """A learning rate far too high breaks the run: the answer says it failed and why (the reference said
+    "error: None")."""
+    _, folder = server
+    api.custom_post("sdapi/v1/create/embedding", {"name": "wild", "init_text": "cat"})
+    result = api.custom_post("sdapi/v1/train/embedding", {
+        "embedding_name": "wild", "data_root": "data", "log_directory": "logs", "steps": 50,
+        "create_image_every": 0, "save_embedding_every": 0, "learn_rate": "1e38", **SMALL})
+    # (the optimizer overflows at once, or the loss turns NaN: either way the run stops and says so)
+    assert result.info.startswith("train embedding failed: filename: embeddings/wild.pt error: Training ")
+    assert "Training failed at step 1: " in result.info or "NaN or infinite" in result.info
+    assert "error: None" not in result.info
+    assert read_embedding_file(folder / "embeddings" / "wild.pt").step == 0  # the created file is untouched
+
+
 # --- refusals: 4xx JSON, nothing written ----------------------------------------------------------------------
 BAD_REQUESTS = [
     ("/train/embedding", {"embedding_name": "nope", "data_root": "data"}, 404, "'nope' was not found"),
@@ -257,7 +283,7 @@ BAD_REQUESTS = [
      "not a path"),
     ("/train/embedding", {"embedding_name": "toy", "data_root": "data", "steps": "many"}, 422, "'steps'"),
     ("/train/embedding", {"data_root": "data"}, 422, "'embedding_name' is required"),
-    ("/train/embedding", {"embedding_name": "toy", "data_root": "data", "steps": 10}, 400, "already has"),
+    ("/train/embedding", {"embedding_name": "toy", "data_root": "notes"}, 400, "has no images to train on"),
     ("/train/hypernetwork", {"hypernetwork_name": "absent", "data_root": "data"}, 404, "'absent' was not found"),
     ("/create/embedding", {"name": "../../escape"}, 400, "not a path"),
     ("/create/embedding", {"name": "toy"}, 400, "already exists"),

@@ -185,12 +185,15 @@ class EmbeddingItem(BaseModel):
     sd_checkpoint_name: str | None = None
     shape: int | None = None
     vectors: int | None = None
-    reason: str | None = Field(default=None, description="Why a skipped embedding cannot be used")
+
+
+class SkippedEmbeddingItem(EmbeddingItem):
+    reason: str = Field(description="Why the embedding cannot be used with the loaded model")
 
 
 class EmbeddingsResponse(BaseModel):
     loaded: dict[str, EmbeddingItem]
-    skipped: dict[str, EmbeddingItem]
+    skipped: dict[str, SkippedEmbeddingItem]
 
 
 class ErrorResponse(BaseModel):
