@@ -112,10 +112,11 @@ def docs_page(schema: dict) -> HTMLResponse:
                         + (f"<table><tr><th>field</th><th>type</th><th>default</th><th></th></tr>{fields}</table>"
                            if fields else ""))
     body = "\n".join(rows)
-    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(schema['info']['title'])}"
-                        "</title><style>body{font-family:sans-serif;max-width:60em;margin:auto}"
+    title = html.escape(schema["info"]["title"])
+    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+                        "<style>body{font-family:sans-serif;max-width:60em;margin:auto}"
                         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
-                        f"</style></head><body><h1>{html.escape(schema['info']['title'])}</h1>"
+                        f"</style></head><body><h1>{title}</h1>"
                         "<p>The schema as JSON: <a href='/openapi.json'>/openapi.json</a></p>"
                         f"{body}</body></html>")
 
