@@ -398,7 +398,8 @@ class Api:
         return job
 
     def _run_job(self, kind: str, title: str, work):
-        self._refuse_if_busy(title[0].lower() + title[1:])
+        what = kind.split("-", 1)[1]
+        self._refuse_if_busy(f"create {'an' if what[0] in 'aeiou' else 'a'} {what}")
         job = self._start(lambda: self.ws.runner.start(kind, title, work))
         if job.state != "finished":
             raise ApiError(500, job.error or job.message)
