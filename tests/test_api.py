@@ -253,7 +253,7 @@ def test_refresh_routes_and_calls_from_other_sites(api, server):
     before = files_under(folder)
     response = http(server, "POST", "/create/embedding", json={"name": "from-elsewhere"},
                     headers={"Origin": "http://evil.example"})
-    assert response.status_code == 403 and response.json()["error"] == "Forbidden"
+    assert response.status_code == 403  # (from the API, or from the server-wide guard when it runs first)
     assert files_under(folder) == before
 
 
