@@ -1,4 +1,5 @@
 """Start the web UI:  python app.py [--port 7860] [--listen --gradio-auth user:pass] [--model demo|PATH] ...
+                     [--api [--api-auth user:pass]]   (the reference's HTTP API under /sdapi/v1, same port)
 
 Serves on http://127.0.0.1:7860 with no download and no GPU needed (the embedded demo model is the default).
 """
@@ -37,6 +38,8 @@ def parse_args(argv=None):
     parser.add_argument("--textual-inversion-templates-dir", default="textual_inversion_templates")
     parser.add_argument("--outputs-dir", default="outputs", help="where txt2img images are kept")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
+    parser.add_argument("--api", action="store_true", help="serve the reference's HTTP API (/sdapi/v1/...) on the same port")
+    parser.add_argument("--api-auth", default=None, help="user:password[,user2:password2] for the API (HTTP basic)")
     return parser.parse_args(argv)
 
 
@@ -61,12 +64,12 @@ def check_folders(args) -> None:
             raise ValueError(f"{flag} {value} is a file, not a folder")
 
 
-def parse_auth(text: str):
+def parse_auth(text: str, flag: str = "--gradio-auth"):
     pairs = []
     for item in text.split(","):
         user, sep, password = item.strip().partition(":")
         if not sep or not user or not password:
-            raise ValueError(f"--gradio-auth expects user:password, got {item.strip()!r}")
+            raise ValueError(f"{flag} expects user:password, got {item.strip()!r}")
         pairs.append((user, password))
     return pairs
 
@@ -83,6 +86,9 @@ def main(argv=None) -> int:
             auth = parse_auth(args.gradio_auth)
         if args.listen and not auth:
             raise ValueError("--listen serves the app to the network; set --gradio-auth user:password too")
+        api_auth = parse_auth(args.api_auth, "--api-auth") if args.api_auth else None
+        if args.listen and args.api and not api_auth:
+            raise ValueError("--listen with --api serves the API to the network; set --api-auth user:password too")
         check_folders(args)
         check_port(server_name, args.port)
     except ValueError as e:
@@ -91,6 +97,7 @@ def main(argv=None) -> int:
 
     from trainer.errors import UserError
     from trainer.workspace import Folders, Workspace
+    from webui.api import api_app_kwargs, no_api_app_kwargs
     from webui.app import build_app
     from webui.job_view import CSS
     from webui.security import default_allowed_hosts, guard_middleware, parse_allowed_hosts
@@ -119,9 +126,10 @@ def main(argv=None) -> int:
                                   gradio_app=lambda: getattr(demo, "app", None))
     # SIGTERM (kill, systemd, Docker) ends the app like Ctrl-C: the server closes, a running training saves.
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    app_kwargs = api_app_kwargs(ws, api_auth) if args.api else no_api_app_kwargs()
     try:
         demo.launch(server_name=server_name, server_port=args.port, auth=auth, css=CSS, footer_links=[],
-                    show_error=True, app_kwargs={"middleware": middleware})
+                    show_error=True, app_kwargs={**app_kwargs, "middleware": middleware})
     except OSError as e:  # the port was taken between the check and now
         print(f"error: cannot serve on {server_name}:{args.port} ({e}).", file=sys.stderr)
         return 2

@@ -14,6 +14,10 @@ from .errors import UserError
 MAX_PREVIEWS = 16  # the newest previews the page shows; every file stays in the log folder
 
 
+class JobBusy(UserError):
+    """A job was asked to start while another one runs (the HTTP API answers 409 Conflict)."""
+
+
 @dataclass
 class Job:
     id: int
@@ -33,11 +37,17 @@ class Job:
     message: str = ""
     error: str = ""
     finished_at: float | None = None
+    bad_input: bool = False  # it ended with a UserError raised before any work (a sentence about the input)
+    done: threading.Event = field(default_factory=threading.Event, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def running(self) -> bool:
         return self.state == "running"
+
+    def wait(self, timeout=None) -> bool:
+        """Block until this job has ended; False when `timeout` seconds passed first."""
+        return self.done.wait(timeout)
 
     def report(self, event: dict):
         """The engine's progress callback."""
@@ -85,7 +95,7 @@ class JobRunner:
         """Run `work(job)` in the background; it returns a result with `.status` and `.message` (or raises)."""
         with self._lock:
             if self.current is not None and self.current.running:
-                raise UserError(f"Another job is running ({self.current.title}); wait for it or press Interrupt.")
+                raise JobBusy(f"Another job is running ({self.current.title}); wait for it or press Interrupt.")
             job = Job(next(self._ids), kind, title)
             self.current = job
         threading.Thread(target=self._run, args=(job, work), name=f"job-{job.id}", daemon=True).start()
@@ -101,6 +111,7 @@ class JobRunner:
                 job.error = job.message
         except UserError as e:
             state, job.error, job.message = "failed", str(e), str(e)
+            job.bad_input = True
         except Exception as e:  # noqa: BLE001 - a job never takes the app down; the page shows what happened
             traceback.print_exc()
             state = "failed"
@@ -108,6 +119,7 @@ class JobRunner:
         with job.lock:
             job.state = state
             job.finished_at = time.time()
+        job.done.set()
 
     def interrupt(self) -> bool:
         job = self.current

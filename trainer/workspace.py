@@ -153,7 +153,9 @@ class Workspace:
         cfg.validate()
         model = self.model
         cfg.model = model.name
-        return self.runner.start(f"train-{what}", f"Training {what} {cfg.name}", lambda job: train(model, job))
+        job = self.runner.start(f"train-{what}", f"Training {what} {cfg.name}", lambda job: train(model, job))
+        job.report({"type": "progress", "max_steps": cfg.steps})  # known before the dataset is ready (HTTP API)
+        return job
 
     def start_preprocess(self, config):
         """Run preprocess.run_preprocess as the background job (image i/N progress, Interrupt after an image)."""

@@ -15,6 +15,7 @@ from . import (create_embedding_tab, create_hypernetwork_tab, job_view, output_c
 from .prompt_html import prompt_html
 
 JOB_POLL_SECONDS = 1.0
+JOB_WATCH_SECONDS = 2.0  # how soon an idle page notices a job started elsewhere (another tab, the HTTP API)
 
 
 def build_app(ws) -> gr.Blocks:
@@ -143,6 +144,16 @@ def build_app(ws) -> gr.Blocks:
         tr.interrupt.click(lambda: "Interrupting..." if ws.runner.interrupt() else "Nothing is running.",
                            None, out.output, queue=False)
         timer.tick(render, seen, job_outputs, show_progress="hidden")
+
+        def watch_jobs(seen_before):
+            """A job this page has not shown yet (started from another tab or the HTTP API): draw it and start
+            the job timer; otherwise change nothing."""
+            job = ws.runner.current
+            if job is None or (seen_before and seen_before["id"] == job.id):
+                return (*[gr.skip()] * len(job_outputs),)
+            return render(seen_before)
+
+        gr.Timer(JOB_WATCH_SECONDS).tick(watch_jobs, seen, job_outputs, show_progress="hidden")
 
         def on_load():
             """A new or reloaded page: current lists (files may have appeared) and the running job, if any."""
