@@ -5,7 +5,6 @@ Serves on http://127.0.0.1:7860 with no download and no GPU needed (the embedded
 import argparse
 import os
 import sys
-from pathlib import Path
 
 for key, value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "GRADIO_ANALYTICS_ENABLED": "False",
                    "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error"}.items():
@@ -18,11 +17,15 @@ def parse_args(argv=None):
     parser.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 (requires --gradio-auth)")
     parser.add_argument("--gradio-auth", default=None, help="user:password[,user2:password2]")
     parser.add_argument("--model", default=None, help='checkpoint to load at start: "demo", a name in --ckpt-dir, or a path')
-    parser.add_argument("--ckpt-dir", default="models/Stable-diffusion")
-    parser.add_argument("--embeddings-dir", default="embeddings")
-    parser.add_argument("--hypernetwork-dir", default="models/hypernetworks")
-    parser.add_argument("--textual-inversion-templates-dir", default="textual_inversion_templates")
-    parser.add_argument("--outputs-dir", default="outputs", help="where txt2img images are kept")
+    parser.add_argument("--data-dir", default=None,
+                        help="the folder every relative path below (and typed in the page) starts from "
+                             "(default: $TI_TRAINER_DATA_DIR, else the folder the app runs in)")
+    parser.add_argument("--ckpt-dir", default=None, help="checkpoints (default: models/Stable-diffusion)")
+    parser.add_argument("--embeddings-dir", default=None, help="embeddings (default: embeddings)")
+    parser.add_argument("--hypernetwork-dir", default=None, help="hypernetworks (default: models/hypernetworks)")
+    parser.add_argument("--textual-inversion-templates-dir", default=None,
+                        help="prompt templates (default: textual_inversion_templates, else the shipped ones)")
+    parser.add_argument("--outputs-dir", default=None, help="where txt2img images are kept (default: outputs)")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
     return parser.parse_args(argv)
 
@@ -54,8 +57,9 @@ def main(argv=None) -> int:
     from webui.app import build_app
     from webui.job_view import CSS
 
-    folders = Folders(Path(args.ckpt_dir), Path(args.embeddings_dir), Path(args.hypernetwork_dir),
-                      Path(args.textual_inversion_templates_dir), Path(args.outputs_dir))
+    folders = Folders.under(args.data_dir, ckpt_dir=args.ckpt_dir, embeddings_dir=args.embeddings_dir,
+                            hypernetwork_dir=args.hypernetwork_dir, templates_dir=args.textual_inversion_templates_dir,
+                            outputs_dir=args.outputs_dir)
     ws = Workspace(folders, args.device)
     try:
         ws.load_model(args.model or "demo")
@@ -63,6 +67,8 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(f"Data folder: {folders.data_dir} (embeddings: {folders.embeddings_dir}, checkpoints: {folders.ckpt_dir}, "
+          f"outputs: {folders.outputs_dir})")
     print(f"Model: {ws.model.name} [{ws.model.checkpoint_hash}] on {ws.model.device}")
     print(f"Loaded a total of {len(loaded)} textual inversion embeddings.")
     if loaded:

@@ -11,13 +11,14 @@ import signal
 import sys
 import threading
 
-from trainer.errors import UserError
+from trainer.errors import UserError, with_hint
 
 from .autosize import OBJECTIVES
 from .caption import CAPTION_ACTIONS
 from .pipeline import PreprocessConfig, run_preprocess
 
 PROG = "python -m preprocess"
+CLI_HINTS = {"blip_model": "Or pass its folder with --blip-model."}
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_preprocess(config, progress=progress, should_stop=lambda: stop["requested"])
     except UserError as exc:
         _close(bar)
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {with_hint(exc, CLI_HINTS)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         _close(bar)

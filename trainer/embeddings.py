@@ -131,9 +131,7 @@ def create_embedding(
     directory = Path(embeddings_dir)
     existing = _existing_embedding_file(directory, clean)
     if existing is not None and not overwrite:
-        raise UserError(
-            f"An embedding named '{clean}' already exists ({existing}); tick 'Overwrite Old Embedding' to replace it."
-        )
+        raise UserError(f"An embedding named '{clean}' already exists ({existing}).", control="overwrite")
     embedding = Embedding(
         name=clean,
         vectors=_init_vectors(tokenizer, text_encoder, init_text, count),

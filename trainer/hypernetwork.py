@@ -493,8 +493,7 @@ def create_hypernetwork(name: str, sizes, layer_structure=DEFAULT_LAYER_STRUCTUR
         raise UserError(f"Layer structure {_format_numbers(structure)} leaves no units for module size {too_small[0]}.")
     path = Path(hypernetwork_dir) / f"{clean}{EXTENSION}"
     if path.exists() and not overwrite:
-        raise UserError(f"A hypernetwork named '{clean}' already exists ({path}); tick 'Overwrite Old "
-                        "Hypernetwork' to replace it.")
+        raise UserError(f"A hypernetwork named '{clean}' already exists ({path}).", control="overwrite")
     hypernetwork = Hypernetwork(clean, sizes, structure, activation, weight_init, layer_norm, bool(use_dropout),
                                 dropout, activate_output=False, sd_checkpoint=checkpoint_hash,
                                 sd_checkpoint_name=checkpoint_name).initialise(seed)
