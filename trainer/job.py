@@ -32,6 +32,7 @@ class Job:
     result: object = None
     message: str = ""
     error: str = ""
+    error_control: str | None = None  # the setting that would have avoided the error (UserError.control)
     warnings: list = field(default_factory=list)  # e.g. the dataset's skipped files, by name and reason
     settings: object = None  # what the job was started with (a TrainConfig, a PreprocessConfig): a page re-fills its form
     finished_at: float | None = None
@@ -76,7 +77,7 @@ class Job:
                 "previews": list(self.previews), "latest": dict(self.latest), "messages": list(self.messages),
                 "saved_files": list(self.saved_files), "last_prompt": self.last_prompt,
                 "preview_prompt": self.preview_prompt, "message": self.message, "error": self.error,
-                "warnings": list(self.warnings),
+                "warnings": list(self.warnings), "error_control": self.error_control,
             }
 
 
@@ -100,7 +101,7 @@ class JobRunner:
         return job
 
     def _run(self, job: Job, work):
-        result, error, warnings = None, "", []
+        result, error, warnings, control = None, "", [], None
         try:
             result = work(job)
             state = getattr(result, "status", "finished")
@@ -109,7 +110,7 @@ class JobRunner:
             if state in ("failed", "nan"):
                 error = message
         except UserError as e:
-            state, error = "failed", str(e)
+            state, error, control = "failed", str(e), e.control
             message = error
         except Exception as e:  # noqa: BLE001 - a job never takes the app down; the page shows what happened
             traceback.print_exc()
@@ -117,6 +118,7 @@ class JobRunner:
             error = message = f"{job.title} failed: {e.__class__.__name__}: {e}"
         with job.lock:  # the state, its reason and the warnings change together: a page never sees one alone
             job.result, job.message, job.error, job.warnings = result, message, error, warnings
+            job.error_control = control
             job.state = state
             job.finished_at = time.time()
 

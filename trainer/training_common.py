@@ -65,7 +65,8 @@ def build_dataset(model, cfg, seed: int, emit, should_stop, warnings: list) -> T
         join_string=cfg.join_string, seed=seed, progress=emit, should_stop=should_stop)
     for file_name, reason in dataset.report.skipped:
         warnings.append(f"Skipped {file_name}: {reason}.")
-    emit({"type": "message", "text": f"Dataset: {len(dataset)} images, {len(dataset.report.skipped)} skipped."})
+    skipped = "".join(f"; skipped {file_name} ({reason})" for file_name, reason in dataset.report.skipped)
+    emit({"type": "message", "text": f"Dataset: {len(dataset)} images{skipped}."})
     return dataset
 
 
