@@ -2,7 +2,7 @@
 from trainer.errors import UserError, with_hint
 
 PAGE_HINTS = {"overwrite": "Tick 'Overwrite Old Embedding' to replace it.",
-              "blip_model": "Or write its folder in 'BLIP model folder' (tick 'Use BLIP for caption' to see it)."}
+              "blip_model": "Or write its folder in 'BLIP model folder'."}
 HYPERNETWORK_HINTS = {**PAGE_HINTS, "overwrite": "Tick 'Overwrite Old Hypernetwork' to replace it."}
 
 

@@ -161,7 +161,10 @@ CSS = """
 .ti-live { font-weight: 600; padding: 4px 8px; border-radius: 6px; background: #fff7ed; }
 .ti-live.ti-failed, .ti-live.ti-nan { background: #fef2f2; color: #b91c1c; }
 .ti-live:empty { display: none; }
-#txt2img_gallery img, #ti_gallery img { object-fit: contain; max-width: 100%; max-height: 100%; }
+/* one or two images in a gallery are drawn as big squares: keep them inside the gallery's box, whole */
+#txt2img_gallery .grid-wrap .thumbnail-item { max-height: 370px; }
+#ti_gallery .grid-wrap .thumbnail-item { max-height: 310px; }
+#txt2img_gallery .thumbnail-item img, #ti_gallery .thumbnail-item img { object-fit: contain; }
 .parsed-prompt span.seg { border-radius: 4px; padding: 1px 3px; margin: 1px; display: inline-block; }
 .parsed-prompt span.emb { outline: 2px solid #2563eb; }
 .parsed-prompt span.hn { outline: 2px dashed #7c3aed; background: #f5f3ff; }
