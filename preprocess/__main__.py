@@ -73,12 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-length", type=int, default=d.min_length, help="BLIP min length (default %(default)s)")
     g.add_argument("--max-length", type=int, default=d.max_length, help="BLIP max length (default %(default)s)")
     g.add_argument("--device", default=None, help="Device for BLIP (default: cuda if available, else cpu)")
+    p.add_argument("--data-dir", default=None,
+                   help="the folder models/BLIP and models/opencv are looked for in when --blip-model or "
+                        "--yunet-model is not given (default: $TI_TRAINER_DATA_DIR, else the current folder)")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    from trainer.workspace import Folders
+
     fields = PreprocessConfig.__dataclass_fields__
-    return PreprocessConfig(**{name: value for name, value in vars(args).items() if name in fields})
+    values = {name: value for name, value in vars(args).items() if name in fields}
+    data_dir = Folders.under(getattr(args, "data_dir", None)).data_dir  # the app's and trainer's data folder
+    if not values.get("blip_model") and (data_dir / "models" / "BLIP" / "config.json").is_file():
+        values["blip_model"] = str(data_dir / "models" / "BLIP")
+    if not values.get("yunet_model"):
+        from .focal import find_yunet_model
+
+        values["yunet_model"] = find_yunet_model(data_dir / "models" / "opencv")
+    return PreprocessConfig(**values)
 
 
 def main(argv: list[str] | None = None) -> int:
