@@ -76,6 +76,7 @@ def test_one_outcome_one_message():
     failed = snapshot(state="failed", message="Dataset directory x does not exist.",
                       error="Dataset directory x does not exist.")
     assert job_view.result_text(failed) == "" and job_error(failed) == "Dataset directory x does not exist."
+    assert "does not exist" not in job_view.compact_status(failed, "train")  # the sentence appears once
     finished = snapshot(state="finished", message="Training finished at 8 steps.",
                         warnings=["Skipped broken.png: cannot be read as an image."])
     assert job_view.result_text(finished) == ("Training finished at 8 steps.\n"

@@ -128,8 +128,11 @@ def compact_status(snap: dict | None, kind: str) -> str:
                 parts.append(f"ETA {format_duration((latest['max_steps'] - latest.get('step', 0)) / rate)}")
         text = " · ".join(parts) or "starting..."
         return f"<div class='ti-live'>{html.escape(snap['title'])}: {html.escape(text)}</div>"
-    first_line = (snap["error"] or snap["message"] or state).splitlines()[0]
-    return f"<div class='ti-live ti-{html.escape(state)}'>{html.escape(first_line)}</div>"
+    if snap["error"]:  # the sentence itself is shown once, in the output column's error box
+        text = f"{snap['title']} stopped: the reason is in the error box of the output column."
+    else:
+        text = (snap["message"] or state).splitlines()[0]
+    return f"<div class='ti-live ti-{html.escape(state)}'>{html.escape(text)}</div>"
 
 
 def gallery_items(snap: dict | None) -> list:
