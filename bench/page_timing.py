@@ -30,11 +30,14 @@ WATCH_JS = """() => {
     const seen = {};
     const views = {
         progress: () => (document.querySelector('#ti_progress .ti-progress') || {}).innerText || '',
-        chart: () => [...document.querySelectorAll('#ti_loss_plot g.mark-line path')].map(p => p.getAttribute('d')).join('|'),
+        chart: () => [...document.querySelectorAll('#ti_loss_plot g.mark-line path')]
+            .map(p => p.getAttribute('d')).join('|'),
         gallery: () => [...document.querySelectorAll('#ti_gallery img')].map(i => i.src).join('|'),
     };
     for (const k in views) seen[k] = views[k]();
-    window.__watch = setInterval(() => { for (const k in views) { const v = views[k](); if (v !== seen[k]) { seen[k] = v; counts[k]++; } } }, 50);
+    window.__watch = setInterval(() => {
+        for (const k in views) { const v = views[k](); if (v !== seen[k]) { seen[k] = v; counts[k]++; } }
+    }, 50);
 }"""
 
 

@@ -126,3 +126,20 @@ def test_training_from_the_page_resolves_paths_keeps_its_settings_and_resumes_wi
     snap = job.snapshot()
     assert [step for step, _ in snap["losses"]] == [1, 2, 3, 4, 5]  # the chart shows the first session too
     assert (snap["latest"]["epoch"], snap["latest"]["epoch_step"], snap["latest"]["epoch_len"]) == (1, 0, 4)
+
+
+def test_previews_are_encoded_once_and_only_the_newest_are_kept(tmp_path):
+    from PIL import Image
+
+    from trainer.job import MAX_PREVIEWS
+
+    files = job_view.PreviewFiles()
+    job = Job(7, "train-embedding", "t")
+    for step in range(5, 5 * (MAX_PREVIEWS + 3), 5):
+        job.report({"type": "preview", "step": step, "image": Image.new("RGB", (64, 48), (step, 0, 0)), "prompt": "p"})
+        items = files.items(job.snapshot())
+    assert [caption for _, caption in items][:2] == [f"step {5 * (MAX_PREVIEWS + 2)}", f"step {5 * (MAX_PREVIEWS + 1)}"]
+    assert len(items) == MAX_PREVIEWS == len(list(files.folder.iterdir()))  # older files are deleted
+    first = items[0][0]
+    assert files.items(job.snapshot())[0][0] == first  # not written again
+    assert Image.open(first).size == (64, 48) and Image.open(first).getpixel((0, 0))[0] == 5 * (MAX_PREVIEWS + 2)

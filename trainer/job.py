@@ -34,7 +34,7 @@ class Job:
     error: str = ""
     error_control: str | None = None  # the setting that would have avoided the error (UserError.control)
     warnings: list = field(default_factory=list)  # e.g. the dataset's skipped files, by name and reason
-    settings: object = None  # what the job was started with (a TrainConfig, a PreprocessConfig): a page re-fills its form
+    settings: object = None  # what it was started with (TrainConfig, PreprocessConfig): a page re-fills its form
     finished_at: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -191,8 +191,9 @@ class Workspace:
         """Run preprocess.run_preprocess as the background job (image i/N progress, Interrupt after an image)."""
         from preprocess.pipeline import run_preprocess, validate_config
 
-        config = dataclasses.replace(config, src=self.folders.resolve(config.src) if str(config.src).strip() else config.src,
-                                     dst=self.folders.resolve(config.dst) if str(config.dst).strip() else config.dst)
+        typed = {key: self.folders.resolve(getattr(config, key)) for key in ("src", "dst")
+                 if str(getattr(config, key) or "").strip()}  # relative to the data folder; empty stays empty
+        config = dataclasses.replace(config, **typed)
         if config.blip_model is None and (self.folders.resolve("models/BLIP") / "config.json").is_file():
             config = dataclasses.replace(config, blip_model=self.folders.resolve("models/BLIP"))
         if config.yunet_model is None:

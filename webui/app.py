@@ -48,6 +48,7 @@ def build_app(ws) -> gr.Blocks:
                         out = output_column.build()
         timer = gr.Timer(JOB_POLL_SECONDS, active=False)
         seen = gr.State(None)  # what this page already shows, so unchanged parts are not re-sent
+        preview_files = job_view.PreviewFiles()  # previews encoded once, sent as files
         preprocess_tab.wire(ws, pp, out, timer)
         create_hypernetwork_tab.wire(ws, ch, out, tr, model_status, demo)
 
@@ -73,7 +74,8 @@ def build_app(ws) -> gr.Blocks:
                 return (*[gr.skip()] * 8, gr.Timer(active=False), None)
             old = seen_before if seen_before and seen_before["id"] == snap["id"] else {}
             now = {"id": snap["id"], "state": snap["state"], "losses": len(snap["losses"]),
-                   "previews": len(snap["previews"]), "messages": len(snap["messages"]),
+                   "previews": snap["previews"][-1][1] if snap["previews"] else None,  # the list is capped
+                   "messages": len(snap["messages"]),
                    "done": snap["latest"].get("done"), "prompt": snap["preview_prompt"], "error": snap["error"],
                    "chart": old.get("chart", -1), "chart_at": old.get("chart_at", 0.0)}
             due = time.time() - now["chart_at"] >= job_view.chart_interval(now["losses"]) or not running
@@ -94,7 +96,7 @@ def build_app(ws) -> gr.Blocks:
                     job_error(snap) if changed("state", "error") else gr.skip(),
                     job_view.progress_html(snap),
                     job_view.chart_frame(job_view.chart_series(snap)) if redraw_chart else gr.skip(),
-                    job_view.gallery_items(snap) if changed("previews") else gr.skip(),
+                    preview_files.items(snap) if changed("previews") else gr.skip(),
                     parsed, job_view.compact_status(snap, "train"), job_view.compact_status(snap, "preprocess"),
                     gr.Timer(active=running), now)
 

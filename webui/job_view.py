@@ -1,6 +1,12 @@
 """Draw a job snapshot (trainer.job.Job.snapshot) as the Train tab's output column."""
 import html
+import shutil
+import tempfile
+import threading
 import time
+import uuid
+import weakref
+from pathlib import Path
 
 import pandas as pd
 
@@ -135,9 +141,35 @@ def compact_status(snap: dict | None, kind: str) -> str:
     return f"<div class='ti-live ti-{html.escape(state)}'>{html.escape(text)}</div>"
 
 
-def gallery_items(snap: dict | None) -> list:
-    """Previews newest first, captioned with their step."""
-    return list(reversed(snap["previews"])) if snap else []
+class PreviewFiles:
+    """Each preview written once as a PNG in a private temporary folder, so a gallery update sends file paths
+    instead of encoding all of the newest previews again (16 previews of 512 px took seconds per update). Files
+    of previews that left the list are deleted; the folder goes when the app ends. One per page (not global)."""
+
+    def __init__(self):
+        self.folder = Path(tempfile.mkdtemp(prefix="ti-previews-"))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.folder, True)
+        self.written = {}  # (job id, caption) -> path
+        self.lock = threading.Lock()
+
+    def items(self, snap: dict | None) -> list:
+        """[(path, caption)] of the job's previews, newest first."""
+        if not snap:
+            return []
+        with self.lock:
+            keep = {}
+            for image, caption in reversed(snap["previews"]):
+                key = (snap["id"], caption)
+                path = self.written.get(key)
+                if path is None:
+                    path = self.folder / f"{uuid.uuid4().hex}.png"
+                    image.save(path)
+                keep[key] = path
+            for key, path in self.written.items():
+                if key not in keep:
+                    path.unlink(missing_ok=True)
+            self.written = keep
+            return [(str(path), caption) for (_, caption), path in keep.items()]
 
 
 def result_text(snap: dict | None) -> str:
