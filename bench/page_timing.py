@@ -114,7 +114,11 @@ def main():
     parser.add_argument("--preview-every", type=int, default=5)
     parser.add_argument("--window", type=float, default=15.0)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="sys.setswitchinterval for the served app (Python's default is 0.005 s)")
     args = parser.parse_args()
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
 
     from playwright.sync_api import sync_playwright
 

@@ -162,10 +162,10 @@ def build_app(ws) -> gr.Blocks:
 
         def on_load():
             """A new or reloaded page: current lists (files may have appeared) and the running job, if any."""
-            return (*render(None), embedding_choices(), gr.Dropdown(choices=ws.checkpoints(), value=ws.model_name),
-                    model_caption(ws), *restored.values())
+            return (*render(None), gr.Dropdown(choices=ws.checkpoints(), value=ws.model_name), model_caption(ws),
+                    *restored.values())  # (the embedding list is refreshed by the restore)
 
-        demo.load(on_load, None, job_outputs + [tr.embedding, checkpoint, model_status] + restored.outputs)
+        demo.load(on_load, None, job_outputs + [checkpoint, model_status] + restored.outputs)
         demo.load(None, None, None, js=txt2img_tab.CTRL_ENTER_JS)
         tr.refresh_embeddings.click(lambda v: embedding_choices(v), tr.embedding, tr.embedding)
         tr.refresh_templates.click(lambda v: gr.Dropdown(choices=ws.templates(), value=v), tr.template,
@@ -180,6 +180,8 @@ def build_app(ws) -> gr.Blocks:
         def load_settings(path):
             """Every field the settings file holds, back into the form (and the txt2img tab's preview fields)."""
             skip_all = [gr.skip()] * len(restored.train_outputs)
+            if not (path or "").strip():
+                return skip_all + ["", "Choose a settings file: they are listed from the log directory's runs."]
             try:
                 cfg = TrainConfig.load(ws.folders.resolve(path or ""))
             except UserError as e:

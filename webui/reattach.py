@@ -25,9 +25,10 @@ class Restorer:
         self.outputs = [main_tabs, train_tabs] + self.train_outputs + self.preprocess_outputs
 
     def values(self) -> list:
-        """For `outputs`: the running job's tab and form, or nothing changed when no job runs."""
+        """For `outputs`: the running job's tab and form; else only a fresh embedding list."""
         job = self.ws.runner.current
         skip_train = [gr.skip()] * len(self.train_outputs)
+        skip_train[[key for key, _ in self.tr.form].index("name")] = self.embedding_choices()
         skip_preprocess = [gr.skip()] * len(self.preprocess_outputs)
         if job is None or not job.running or job.settings is None:
             return [gr.skip(), gr.skip()] + skip_train + skip_preprocess
