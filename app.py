@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import sys
-from pathlib import Path
 
 for key, value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "GRADIO_ANALYTICS_ENABLED": "False",
                    "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error"}.items():
@@ -32,11 +31,15 @@ def parse_args(argv=None):
                              "loopback names, plus the --listen host or this machine's names); * allows any")
     parser.add_argument("--gradio-auth", default=None, help="user:password[,user2:password2]")
     parser.add_argument("--model", default=None, help='checkpoint to load at start: "demo", a name in --ckpt-dir, or a path')
-    parser.add_argument("--ckpt-dir", default="models/Stable-diffusion")
-    parser.add_argument("--embeddings-dir", default="embeddings")
-    parser.add_argument("--hypernetwork-dir", default="models/hypernetworks")
-    parser.add_argument("--textual-inversion-templates-dir", default="textual_inversion_templates")
-    parser.add_argument("--outputs-dir", default="outputs", help="where txt2img images are kept")
+    parser.add_argument("--data-dir", default=None,
+                        help="the folder every relative path below (and typed in the page) starts from "
+                             "(default: $TI_TRAINER_DATA_DIR, else the folder the app runs in)")
+    parser.add_argument("--ckpt-dir", default=None, help="checkpoints (default: models/Stable-diffusion)")
+    parser.add_argument("--embeddings-dir", default=None, help="embeddings (default: embeddings)")
+    parser.add_argument("--hypernetwork-dir", default=None, help="hypernetworks (default: models/hypernetworks)")
+    parser.add_argument("--textual-inversion-templates-dir", default=None,
+                        help="prompt templates (default: textual_inversion_templates, else the shipped ones)")
+    parser.add_argument("--outputs-dir", default=None, help="where txt2img images are kept (default: outputs)")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
     parser.add_argument("--api", action="store_true", help="serve the reference's HTTP API (/sdapi/v1/...) on the same port")
     parser.add_argument("--api-auth", default=None, help="user:password[,user2:password2] for the API (HTTP basic)")
@@ -55,11 +58,12 @@ def check_port(host: str, port: int) -> None:
                          "there? Choose another with --port") from None
 
 
-def check_folders(args) -> None:
-    for flag, value in (("--ckpt-dir", args.ckpt_dir), ("--embeddings-dir", args.embeddings_dir),
-                        ("--hypernetwork-dir", args.hypernetwork_dir),
-                        ("--textual-inversion-templates-dir", args.textual_inversion_templates_dir),
-                        ("--outputs-dir", args.outputs_dir)):
+def check_folders(folders) -> None:
+    """ValueError with a sentence when a folder the app writes to is a file."""
+    for flag, value in (("--data-dir", folders.data_dir), ("--ckpt-dir", folders.ckpt_dir),
+                        ("--embeddings-dir", folders.embeddings_dir), ("--hypernetwork-dir", folders.hypernetwork_dir),
+                        ("--textual-inversion-templates-dir", folders.templates_dir),
+                        ("--outputs-dir", folders.outputs_dir)):
         if Path(value).exists() and not Path(value).is_dir():
             raise ValueError(f"{flag} {value} is a file, not a folder")
 
@@ -79,6 +83,11 @@ def main(argv=None) -> int:
         args = parse_args(argv)
     except SystemExit as e:  # --help, or a bad flag (already said in one line)
         return e.code if isinstance(e.code, int) else 2
+    from trainer.workspace import Folders
+
+    folders = Folders.under(args.data_dir, ckpt_dir=args.ckpt_dir, embeddings_dir=args.embeddings_dir,
+                            hypernetwork_dir=args.hypernetwork_dir, templates_dir=args.textual_inversion_templates_dir,
+                            outputs_dir=args.outputs_dir)
     auth = None
     server_name = args.listen or "127.0.0.1"
     try:
@@ -89,21 +98,19 @@ def main(argv=None) -> int:
         api_auth = parse_auth(args.api_auth, "--api-auth") if args.api_auth else None
         if args.listen and args.api and not api_auth:
             raise ValueError("--listen with --api serves the API to the network; set --api-auth user:password too")
-        check_folders(args)
+        check_folders(folders)
         check_port(server_name, args.port)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     from trainer.errors import UserError
-    from trainer.workspace import Folders, Workspace
+    from trainer.workspace import Workspace
     from webui.api import api_app_kwargs, no_api_app_kwargs
     from webui.app import build_app
     from webui.job_view import CSS
     from webui.security import default_allowed_hosts, guard_middleware, parse_allowed_hosts
 
-    folders = Folders(Path(args.ckpt_dir), Path(args.embeddings_dir), Path(args.hypernetwork_dir),
-                      Path(args.textual_inversion_templates_dir), Path(args.outputs_dir))
     ws = Workspace(folders, args.device)
     try:
         ws.load_model(args.model or "demo")
@@ -111,6 +118,8 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(f"Data folder: {folders.data_dir} (embeddings: {folders.embeddings_dir}, checkpoints: {folders.ckpt_dir}, "
+          f"outputs: {folders.outputs_dir})")
     print(f"Model: {ws.model.name} [{ws.model.checkpoint_hash}] on {ws.model.device}")
     print(f"Loaded a total of {len(loaded)} textual inversion embeddings.")
     if loaded:

@@ -11,13 +11,14 @@ import signal
 import sys
 import threading
 
-from trainer.errors import UserError
+from trainer.errors import UserError, with_hint
 
 from .autosize import OBJECTIVES
 from .caption import CAPTION_ACTIONS
 from .pipeline import PreprocessConfig, run_preprocess
 
 PROG = "python -m preprocess"
+CLI_HINTS = {"blip_model": "Or pass its folder with --blip-model."}
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -74,12 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-length", type=int, default=d.min_length, help="BLIP min length (default %(default)s)")
     g.add_argument("--max-length", type=int, default=d.max_length, help="BLIP max length (default %(default)s)")
     g.add_argument("--device", default=None, help="Device for BLIP (default: cuda if available, else cpu)")
+    p.add_argument("--data-dir", default=None,
+                   help="the folder models/BLIP and models/opencv are looked for in when --blip-model or "
+                        "--yunet-model is not given (default: $TI_TRAINER_DATA_DIR, else the current folder)")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    from trainer.workspace import Folders
+
     fields = PreprocessConfig.__dataclass_fields__
-    return PreprocessConfig(**{name: value for name, value in vars(args).items() if name in fields})
+    values = {name: value for name, value in vars(args).items() if name in fields}
+    data_dir = Folders.under(getattr(args, "data_dir", None)).data_dir  # the app's and trainer's data folder
+    if not values.get("blip_model") and (data_dir / "models" / "BLIP" / "config.json").is_file():
+        values["blip_model"] = str(data_dir / "models" / "BLIP")
+    if not values.get("yunet_model"):
+        from .focal import find_yunet_model
+
+        values["yunet_model"] = find_yunet_model(data_dir / "models" / "opencv")
+    return PreprocessConfig(**values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_preprocess(config, progress=progress, should_stop=lambda: stop["requested"])
     except UserError as exc:
         _close(bar)
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {with_hint(exc, CLI_HINTS)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         _close(bar)

@@ -50,8 +50,9 @@ def resolve_blip_model(path: str | Path | None) -> str:
     for repo in HF_CACHE_CANDIDATES:
         if _in_hf_cache(repo):
             return repo
-    raise UserError(f"No BLIP captioning model is available: put a transformers BLIP captioning model in "
-                    f"{DEFAULT_BLIP_DIR} or pass its folder with --blip-model (nothing is downloaded).")
+    raise UserError(f"No BLIP captioning model is available: put a transformers BLIP captioning model (such as "
+                    f"Salesforce/blip-image-captioning-base) in {DEFAULT_BLIP_DIR.resolve()} (nothing is downloaded).",
+                    control="blip_model")
 
 
 def _in_hf_cache(repo: str) -> bool:

@@ -88,3 +88,19 @@ def tmp_workspace(tmp_path):
                       hypernetwork_dir=tmp_path / "hn", templates_dir=ROOT / "textual_inversion_templates",
                       outputs_dir=tmp_path / "outputs")
     return Workspace(folders, "cpu")
+
+
+LINES_JS = """(id) => [...document.querySelectorAll(`#${id} g.mark-line path`)]
+    .map(p => ({stroke: getComputedStyle(p).stroke, length: p.getTotalLength()}))"""
+
+
+def drawn_lines(page, elem_id="ti_loss_plot", min_length=20):
+    """The chart's line marks that are really drawn: a visible stroke and a length of more than a few pixels."""
+    lines = page.evaluate(LINES_JS, elem_id)
+    return [line for line in lines if line["stroke"] not in ("", "none") and line["length"] > min_length]
+
+
+def in_viewport(page, selector) -> bool:
+    """Whether the element's top lies inside the visible part of the page."""
+    box = page.locator(selector).bounding_box()
+    return box is not None and 0 <= box["y"] < page.viewport_size["height"]

@@ -34,6 +34,8 @@ def test_create_and_train_a_hypernetwork_with_previews(tmp_path):
             return sizes.get_by_role("checkbox", name=size, exact=True)
 
         assert size_box("32").is_checked() and size_box("64").is_checked() and not size_box("768").is_checked()
+        # a model that is not SD-sized: the hint says which sizes it uses and that the others do nothing
+        assert "uses 32, 64" in page.locator("#train_new_hypernetwork_sizes").inner_text()
         fill(page, "train_new_hypernetwork_name", "browser-hn")
         fill(page, "train_new_hypernetwork_layer_structure", "1, 1.5, 1")
         page.keyboard.press("Escape")  # Tab moved focus into the activation dropdown, which opened its list
@@ -46,6 +48,7 @@ def test_create_and_train_a_hypernetwork_with_previews(tmp_path):
         # A second create without Overwrite is refused with a sentence
         page.locator("#train_create_hypernetwork").click()
         wait_for(lambda: "exists" in page.locator("#ti_error").inner_text(), what="refusal")
+        assert "Tick 'Overwrite Old Hypernetwork' to replace it." in page.locator("#ti_error").inner_text()
 
         # Train it with previews every 3 steps through the shared Train subtab
         open_train_subtab(page, "Train")

@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from helpers_browser import (browser_page, fill, fill_train_form, open_train_subtab, require_chromium,
-                             served_app, tmp_workspace, wait_for)
+from helpers_browser import (browser_page, drawn_lines, fill, fill_train_form, in_viewport, open_train_subtab,
+                             require_chromium, served_app, tmp_workspace, wait_for)
 from helpers_images import make_dataset
 from trainer.embeddings import read_embedding_file
 
@@ -23,9 +23,16 @@ def current_step(page):
 
 def test_create_train_preview_interrupt_and_resume(tmp_path):
     require_chromium()
-    data = make_dataset(tmp_path / "data", size=(64, 64))
+    data = make_dataset(tmp_path / "data", size=(512, 512))  # photos as a camera gives them: slow to prepare
+    (data / "broken.png").write_bytes(b"not an image")
     ws = tmp_workspace(tmp_path)
-    with served_app(ws) as demo, browser_page(demo.local_url) as page:
+    with served_app(ws) as demo, browser_page(demo.local_url, height=900) as page:
+        # previews made from the txt2img tab's parameters (small, so they are quick)
+        fill(page, "txt2img_prompt", "a photo of browser-cat")
+        fill(page, "txt2img_steps", 2)
+        for elem_id in ("txt2img_width", "txt2img_height"):
+            fill(page, elem_id, 64)
+
         # Create embedding
         open_train_subtab(page, "Create embedding")
         fill(page, "train_new_embedding_name", "browser-cat")
@@ -43,24 +50,36 @@ def test_create_train_preview_interrupt_and_resume(tmp_path):
         page.locator("#train_embedding input").click()
         page.get_by_role("option", name="browser-cat").click()
         fill_train_form(page, data, tmp_path / "logs", steps=100000, preview_every=3, save_every=3)
+        page.locator("#train_preview_from_txt2img input").check()
+        page.locator("#train_train_embedding").scroll_into_view_if_needed()
         page.locator("#train_train_embedding").click()
 
+        # the first run's chart draws its lines (a stroke and a real length), not just empty axes
+        wait_for(lambda: len(drawn_lines(page)) == 2, what="raw and smoothed loss lines drawn")
+        # progress stays in view where the button is: the live status beside it and the (sticky) output column
+        wait_for(lambda: "Step" in page.locator("#train_live_status").inner_text(), what="live status")
+        assert in_viewport(page, "#train_live_status") and in_viewport(page, "#ti_progress")
         wait_for(lambda: page.locator("#ti_gallery img").count() >= 2, what="two preview images")
         wait_for(lambda: current_step(page) >= 6, what="steps")
         text = progress_text(page)
         assert "Loss:" in text and "it/s" in text and "ETA" in text and "Last prompt" in text
-        # the chart is redrawn on every update: wait for a moment when it is on the page
-        wait_for(lambda: page.locator("#ti_loss_plot canvas, #ti_loss_plot svg").count() >= 1, what="loss chart")
+        assert "skipped broken.png" in text
         wait_for(lambda: page.locator("#ti_parsed_prompt .seg").count() >= 1, what="parsed preview prompt")
 
         # A second start while training is refused with a message
         page.locator("#train_train_embedding").click()
         wait_for(lambda: "Another job is running" in page.locator("#ti_error").inner_text(), what="refusal")
 
-        # Reloading the page re-attaches to the running job
+        # Reloading the page re-attaches to the running job: its tab, its form, its chart and previews
         page.reload()
-        open_train_subtab(page, "Train")
+        dataset_box = page.locator("#train_dataset_directory textarea")
+        wait_for(lambda: dataset_box.is_visible() and dataset_box.input_value() == str(data), what="restored form")
+        assert page.locator("#train_embedding input").input_value() == "browser-cat"
+        assert page.locator("#train_create_image_every input").input_value() == "3"
+        assert page.locator("#train_preview_from_txt2img input").is_checked()
         wait_for(lambda: "running" in progress_text(page), what="re-attached progress")
+        wait_for(lambda: len(drawn_lines(page)) == 2 and page.locator("#ti_gallery img").count() >= 2,
+                 what="chart and previews after reload")
         step_before = current_step(page)
         wait_for(lambda: current_step(page) > step_before, what="progress after reload")
 
@@ -72,9 +91,14 @@ def test_create_train_preview_interrupt_and_resume(tmp_path):
         stopped_at = int(re.search(r"interrupted at (\d+) steps", message).group(1))
         saved = read_embedding_file(tmp_path / "embeddings" / "browser-cat.pt")
         assert saved.step == stopped_at > 0
+        assert "Skipped broken.png: cannot be read as an image" in page.locator("#ti_output textarea").input_value()
         page.screenshot(path="/tmp/ti-after-interrupt.png", full_page=True)
 
-        # Train again: the reloaded page's form is empty, so load the saved settings back into it
+        # Train again: load the saved settings back into a form changed meanwhile
+        page.locator("#train_preview_from_txt2img input").uncheck()
+        page.get_by_role("tab", name="txt2img", exact=True).click()
+        fill(page, "txt2img_prompt", "something else")
+        open_train_subtab(page, "Train")
         fill(page, "train_log_directory", tmp_path / "logs")
         page.locator("#train_settings_file input").click()
         page.get_by_role("option").first.click()
@@ -83,9 +107,15 @@ def test_create_train_preview_interrupt_and_resume(tmp_path):
         assert page.locator("#train_dataset_directory textarea").input_value() == str(data)
         assert page.locator("#train_create_image_every input").input_value() == "3"
         assert page.locator("#train_embedding input").input_value() == "browser-cat"
+        assert page.locator("#train_preview_from_txt2img input").is_checked()  # restored with the rest
+        assert page.locator("#txt2img_prompt textarea").input_value() == "a photo of browser-cat"
         fill(page, "train_steps", stopped_at + 4)
         fill(page, "train_create_image_every", 0)
         page.locator("#train_train_embedding").click()
         wait_for(lambda: f"Training finished at {stopped_at + 4} steps" in
                  page.locator("#ti_output textarea").input_value(), what="finished message")
         assert read_embedding_file(tmp_path / "embeddings" / "browser-cat.pt").step == stopped_at + 4
+        # the resumed run's chart starts with the first session's steps (read back from its loss CSV)
+        losses = ws.runner.current.snapshot()["losses"]
+        assert [step for step, _ in losses] == list(range(1, stopped_at + 5))
+        assert len(drawn_lines(page)) == 2

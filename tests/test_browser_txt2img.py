@@ -1,4 +1,7 @@
-"""The txt2img tab in Chromium: the prompt as parsed while typing, the token counter, Generate, infotext."""
+"""The txt2img tab in Chromium: the prompt as parsed while typing, the token counter, Generate (or Ctrl+Enter),
+infotext, step i/N with ETA, Interrupt, an image drawn whole inside its box."""
+import re
+
 import pytest
 
 from helpers_browser import browser_page, fill, require_chromium, served_app, tmp_workspace, wait_for
@@ -31,7 +34,7 @@ def test_type_a_prompt_see_it_parsed_and_generate(tmp_path):
         for elem_id in ("txt2img_width", "txt2img_height"):
             fill(page, elem_id, 64)
         fill(page, "txt2img_seed", 7)
-        page.locator("#txt2img_generate").click()
+        page.locator("#txt2img_prompt textarea").press("Control+Enter")  # as in the reference
         wait_for(lambda: page.locator("#txt2img_gallery img").count() >= 1, what="an image")
         infotext = page.locator("#txt2img_infotext textarea").input_value()
         assert infotext.startswith("a ((castle)) in [fog:rain:0.5], my-style\nSteps: 3, Sampler: Euler a")
@@ -39,3 +42,31 @@ def test_type_a_prompt_see_it_parsed_and_generate(tmp_path):
         [saved] = (tmp_path / "outputs" / "txt2img-images").glob("*/00000-7.png")  # kept, as the reference does
         assert read_infotext(saved) == infotext
         page.screenshot(path="/tmp/ti-txt2img.png", full_page=True)
+
+
+def test_progress_interrupt_and_an_image_that_fits_its_box(tmp_path):
+    require_chromium()
+    ws = tmp_workspace(tmp_path)
+    with served_app(ws) as demo, browser_page(demo.local_url, height=900) as page:
+        fill(page, "txt2img_prompt", "a photo of my-cat")
+        fill(page, "txt2img_steps", 150)
+        for elem_id in ("txt2img_width", "txt2img_height"):
+            fill(page, elem_id, 256)
+        page.locator("#txt2img_generate").click()
+        progress = page.locator("#txt2img_progress")
+        wait_for(lambda: re.search(r"Step \d+/150 · .* it/s · ETA \d\d:\d\d", progress.inner_text()), what="progress")
+        page.locator("#txt2img_interrupt").click()
+        wait_for(lambda: "Interrupted" in page.locator("#txt2img_error").inner_text(), what="interrupted")
+        assert progress.inner_text().strip() == ""
+
+        fill(page, "txt2img_steps", 2)
+        fill(page, "txt2img_width", 512)
+        fill(page, "txt2img_height", 384)
+        page.locator("#txt2img_generate").click()
+        wait_for(lambda: page.locator("#txt2img_gallery img").count() == 1, what="an image")
+        notes = page.locator("#txt2img_error").inner_text()
+        assert "'my-cat' looks like an embedding name" in notes and "Saved to" in notes
+        image = page.locator("#txt2img_gallery img").bounding_box()
+        box = page.locator("#txt2img_gallery").bounding_box()
+        assert box["y"] <= image["y"] and image["y"] + image["height"] <= box["y"] + box["height"]  # not cut off
+        page.screenshot(path="/tmp/ti-txt2img-fit.png")

@@ -26,7 +26,7 @@ def weights(hypernetwork):
 def test_cli_create_train_and_the_log_layout(work, demo_model):
     code, out, err = run_cli(["create-hypernetwork", "--name", "style", "--activation", "silu", "--layer-norm",
                               "--seed", 0], work)
-    assert code == 0 and out.strip() == "Created: models/hypernetworks/style.pt", err
+    assert code == 0 and out.strip() == f"Created: {work.resolve() / 'models/hypernetworks/style.pt'}", err
     created = read_hypernetwork(work / "models/hypernetworks/style.pt")
     assert created.sizes == [32, 64] and created.activation == "silu" and created.step == 0  # the demo's widths
     code, _, err = run_cli(["create-hypernetwork", "--name", "style"], work)
@@ -35,7 +35,8 @@ def test_cli_create_train_and_the_log_layout(work, demo_model):
     code, out, err = run_cli(["train-hypernetwork", "--name", "style", "--dataset", "data", "--steps", 4,
                               "--save-every", 2, "--preview-every", 2, *SMALL], work)
     assert code == 0, err
-    assert out.strip() == "Training finished at 4 steps. Hypernetwork saved to models/hypernetworks/style.pt."
+    assert out.strip() == ("Training finished at 4 steps. Hypernetwork saved to "
+                           f"{work.resolve() / 'models/hypernetworks/style.pt'}.")
     [logs] = list((work / "textual_inversion").glob("*/style"))
     for step in (2, 4):
         copy = read_hypernetwork(logs / "hypernetworks" / f"style-{step}.pt")

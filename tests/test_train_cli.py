@@ -19,10 +19,11 @@ def log_folder(work, name):
 
 def test_create_embedding_refuses_bad_names_and_clobbering(work):
     code, out, _ = run_cli(["create-embedding", "--name", "my cat!", "--init-text", "cat", "--vectors", 2], work)
-    assert code == 0 and out.strip() == "Created: embeddings/my cat.pt"
+    assert code == 0 and out.strip() == f"Created: {work.resolve() / 'embeddings' / 'my cat.pt'}"  # absolute
     assert read_embedding_file(work / "embeddings" / "my cat.pt").vectors.shape == (2, 32)
     code, out, err = run_cli(["create-embedding", "--name", "my cat"], work)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "exists" in err
+    assert "Pass --overwrite to replace it." in err and "tick" not in err.lower()  # the CLI's own control
     code, _, _ = run_cli(["create-embedding", "--name", "my cat", "--overwrite", "--vectors", 5], work)
     assert code == 0 and read_embedding_file(work / "embeddings" / "my cat.pt").num_vectors == 5
     code, _, err = run_cli(["create-embedding", "--name", "  "], work)
@@ -36,7 +37,7 @@ def test_training_writes_the_reference_log_layout_with_true_step_numbers(work):
     code, out, err = run_cli(["train-embedding", "--name", "cat", "--dataset", "data", "--steps", 6,
                               "--save-every", 3, "--preview-every", 3, *SMALL], work)
     assert code == 0, err
-    assert out.strip() == "Training finished at 6 steps. Embedding saved to embeddings/cat.pt."
+    assert out.strip() == f"Training finished at 6 steps. Embedding saved to {work.resolve() / 'embeddings/cat.pt'}."
     logs = log_folder(work, "cat")
     for step in (3, 6):
         copy = read_embedding_file(logs / "embeddings" / f"cat-{step}.pt")
@@ -52,6 +53,7 @@ def test_training_writes_the_reference_log_layout_with_true_step_numbers(work):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
     assert all(float(r["loss"]) > 0 and float(r["learn_rate"]) == 0.005 for r in rows)
     assert [int(r["epoch"]) for r in rows] == [0, 0, 0, 0, 1, 1]  # 4 images, batch 1
+    assert [int(r["epoch_step"]) for r in rows] == [0, 1, 2, 3, 0, 1]  # the reference's (step - 1) % epoch length
     [settings] = logs.glob("settings-*.json")
     loaded = TrainConfig.load(settings)
     assert (loaded.name, loaded.steps, loaded.save_every, loaded.width, loaded.seed) == ("cat", 6, 3, 64, 1)
@@ -68,6 +70,8 @@ def test_resume_continues_from_the_saved_step_with_the_optimizer_state(work):
     assert "Resumed the optimizer state" in err
     rows = list(csv.DictReader(open(log_folder(work, "cat") / "textual_inversion_loss.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
+    # the epoch count goes on from the overall step (4 images, batch 1), not from 0 at the resume
+    assert [(int(r["epoch"]), int(r["epoch_step"])) for r in rows] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0)]
     code, _, err = run_cli(["train-embedding", "--name", "cat", "--dataset", "data", "--steps", 5, *SMALL], work)
     assert code == 2 and "already has 5 steps" in err
 
@@ -195,8 +199,8 @@ def test_an_embedding_is_trained_where_and_as_it_was_found(work):
 
 def test_safetensors_on_request_stays_safetensors(work):
     code, out, _ = run_cli(["create-embedding", "--name", "sft", "--vectors", 2, "--format", "safetensors"], work)
-    assert code == 0 and out.strip() == "Created: embeddings/sft.safetensors"
+    assert code == 0 and out.strip() == f"Created: {work.resolve() / 'embeddings/sft.safetensors'}"
     code, out, _ = run_cli(["create-embedding", "--name", "sft", "--vectors", 3, "--overwrite"], work)
-    assert out.strip() == "Created: embeddings/sft.safetensors"  # replaced in place, no second "sft" file
+    assert out.strip() == f"Created: {work.resolve() / 'embeddings/sft.safetensors'}"  # in place
     assert sorted(p.name for p in (work / "embeddings").iterdir()) == ["sft.safetensors"]
     assert read_embedding_file(work / "embeddings" / "sft.safetensors").num_vectors == 3

@@ -16,21 +16,28 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-from .errors import UserError  # noqa: E402
+from .errors import UserError, with_hint  # noqa: E402
+
+# How this interface names the controls an error's sentence points at (the page names its checkboxes instead).
+CLI_HINTS = {"overwrite": "Pass --overwrite to replace it.", "blip_model": "Or pass its folder with --blip-model."}
 
 
 def add_common(parser, embeddings=True):
     parser.add_argument("--model", default="demo", help='checkpoint: "demo", a name in --ckpt-dir, or a path')
-    parser.add_argument("--ckpt-dir", default="models/Stable-diffusion")
+    parser.add_argument("--data-dir", default=None,
+                        help="the folder embeddings/, models/, textual_inversion/ and outputs/ are in (default: "
+                             "$TI_TRAINER_DATA_DIR, else the current folder); relative folder flags start there too")
+    parser.add_argument("--ckpt-dir", default=None, help="default: models/Stable-diffusion")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
     if embeddings:
-        parser.add_argument("--embeddings-dir", default="embeddings")
+        parser.add_argument("--embeddings-dir", default=None, help="default: embeddings")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -75,13 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", default=None, help='dropout structure like "0, 0.1, 0" (turns dropout on)')
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--seed", type=int, default=None, help="seed for the initial weights")
-    p.add_argument("--hypernetwork-dir", default="models/hypernetworks")
+    p.add_argument("--hypernetwork-dir", default=None, help="default: models/hypernetworks")
     add_common(p, embeddings=False)
 
     p = commands.add_parser("train-hypernetwork", help="train a hypernetwork on a folder of images",
                             argument_default=argparse.SUPPRESS)
     add_training_arguments(p, "0.00001")
-    p.add_argument("--hypernetwork-dir", default="models/hypernetworks")
+    p.add_argument("--hypernetwork-dir", default=None, help="default: models/hypernetworks")
     add_common(p)
 
     p = commands.add_parser("txt2img", help="generate an image")
@@ -95,10 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--batch-count", type=int, default=1)
     p.add_argument("--out", default=None, help="file to write (with --batch-count N: name-0.png ...); default: "
-                                              "numbered files in OUTPUTS_DIR/txt2img-images/<date>/")
+                                              "numbered files in outputs/txt2img-images/<date>/ in the data folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--outputs-dir", default="outputs")
-    p.add_argument("--hypernetwork-dir", default="models/hypernetworks")
+    p.add_argument("--outputs-dir", default=None, help="default: outputs")
+    p.add_argument("--hypernetwork-dir", default=None, help="default: models/hypernetworks")
     add_common(p)
     return parser
 
@@ -108,10 +115,10 @@ def add_training_arguments(p, default_learn_rate: str):
     p.add_argument("--name", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--settings", help="a settings-*.json written by an earlier run; flags given here win")
-    p.add_argument("--log-dir", help="default: textual_inversion")
+    p.add_argument("--log-dir", help="default: textual_inversion in the data folder")
     p.add_argument("--template", help="file in --templates-dir (default: style_filewords.txt) or a path")
-    p.add_argument("--templates-dir", "--textual-inversion-templates-dir", dest="templates_dir",
-                   default="textual_inversion_templates")
+    p.add_argument("--templates-dir", "--textual-inversion-templates-dir", dest="templates_dir", default=None,
+                   help="default: textual_inversion_templates in the data folder, else the shipped templates")
     p.add_argument("--learn-rate", help=f'rate or schedule like "{default_learn_rate}" (default) or '
                                         f'"0.05:100, 0.005"')
     p.add_argument("--batch-size", type=int)
@@ -140,14 +147,21 @@ def add_training_arguments(p, default_learn_rate: str):
     p.add_argument("--quiet", action="store_true", default=False)
 
 
+def folders_from_args(args):
+    """The folders, all resolved against the one data folder (see `Folders.under`)."""
+    from .workspace import Folders
+
+    return Folders.under(getattr(args, "data_dir", None), ckpt_dir=getattr(args, "ckpt_dir", None),
+                         embeddings_dir=getattr(args, "embeddings_dir", None),
+                         hypernetwork_dir=getattr(args, "hypernetwork_dir", None),
+                         templates_dir=getattr(args, "templates_dir", None),
+                         outputs_dir=getattr(args, "outputs_dir", None))
+
+
 def make_workspace(args):
-    from pathlib import Path
+    from .workspace import Workspace
 
-    from .workspace import Folders, Workspace
-
-    folders = Folders(ckpt_dir=Path(args.ckpt_dir), embeddings_dir=Path(getattr(args, "embeddings_dir", "embeddings")),
-                      hypernetwork_dir=Path(getattr(args, "hypernetwork_dir", "models/hypernetworks")))
-    workspace = Workspace(folders, args.device)
+    workspace = Workspace(folders_from_args(args), args.device)
     workspace.load_model(args.model)
     return workspace
 
@@ -161,7 +175,7 @@ def cmd_create_embedding(args):
                             num_vectors=args.vectors, overwrite=args.overwrite,
                             embeddings_dir=ws.folders.embeddings_dir, checkpoint_hash=model.checkpoint_hash,
                             checkpoint_name=model.name, file_format=args.format, text_encoder_2=model.text_encoder_2)
-    print(f"Created: {path}")
+    print(f"Created: {Path(path).resolve()}")
     return 0
 
 
@@ -198,6 +212,8 @@ def run_training(args, cfg, train):
     from .workspace import best_device
 
     cfg.validate()
+    folders = folders_from_args(args)
+    cfg.log_dir = str(folders.resolve(cfg.log_dir)) if str(cfg.log_dir).strip() else cfg.log_dir
     accelerator = make_accelerator(args.device or best_device(), cfg.grad_accum)
     args.device = str(accelerator.device)
     ws = make_workspace(args)
@@ -221,7 +237,7 @@ def cmd_train_embedding(args):
     from .textual_inversion import train_embedding
 
     def train(ws, progress, should_stop, accelerator):
-        return train_embedding(ws.model, cfg, ws.folders.embeddings_dir, args.templates_dir,
+        return train_embedding(ws.model, cfg, ws.folders.embeddings_dir, ws.folders.templates_dir,
                                other_embeddings=ws.embedding_vectors(), progress=progress,
                                should_stop=should_stop, accelerator=accelerator)
 
@@ -240,7 +256,7 @@ def cmd_create_hypernetwork(args):
         use_dropout=args.dropout is not None, dropout_structure=args.dropout, overwrite=args.overwrite,
         hypernetwork_dir=ws.folders.hypernetwork_dir, checkpoint_hash=model.checkpoint_hash,
         checkpoint_name=model.name, seed=args.seed)
-    print(f"Created: {path}")
+    print(f"Created: {Path(path).resolve()}")
     return 0
 
 
@@ -248,7 +264,7 @@ def cmd_train_hypernetwork(args):
     from .hypernetwork_training import DEFAULT_LEARN_RATE, train_hypernetwork
 
     def train(ws, progress, should_stop, accelerator):
-        return train_hypernetwork(ws.model, cfg, ws.folders.hypernetwork_dir, args.templates_dir,
+        return train_hypernetwork(ws.model, cfg, ws.folders.hypernetwork_dir, ws.folders.templates_dir,
                                   embeddings=ws.embedding_vectors(), progress=progress, should_stop=should_stop,
                                   accelerator=accelerator)
 
@@ -278,8 +294,7 @@ def cmd_list_embeddings(args):
 
 
 def cmd_txt2img(args):
-    from pathlib import Path
-
+    from .prompt_view import embedding_notes
     from .sampling import Txt2ImgParams, save_png_with_infotext, save_txt2img_outputs, txt2img
 
     targets = None
@@ -295,9 +310,12 @@ def cmd_txt2img(args):
     ws = make_workspace(args)
     params = Txt2ImgParams(args.prompt, args.negative_prompt, args.sampler, args.steps, args.cfg_scale, args.seed,
                            args.width, args.height, args.batch_count)
+    loaded, skipped = ws.embeddings()
     results = txt2img(ws.model, params, ws.embedding_vectors(), hypernetworks=ws.hypernetwork_library())
+    for note in embedding_notes(f"{args.prompt} {args.negative_prompt}", loaded, skipped, ws.folders.embeddings_dir):
+        print(f"Note: {note}", file=sys.stderr)
     if targets is None:
-        paths = save_txt2img_outputs(results, args.outputs_dir)  # numbered on, like the txt2img tab
+        paths = save_txt2img_outputs(results, ws.folders.outputs_dir)  # numbered on, like the txt2img tab
     else:
         paths = []
         for (image, infotext, _), path in zip(results, targets):
@@ -306,7 +324,7 @@ def cmd_txt2img(args):
             except FileExistsError:
                 raise UserError(f"{path} appeared while generating; it was kept, pass --overwrite to replace it.") from None
     for path, (_, infotext, _) in zip(paths, results):
-        print(f"{path}\n{infotext}")
+        print(f"{Path(path).resolve()}\n{infotext}")
     return 0
 
 
@@ -328,7 +346,7 @@ def main(argv=None) -> int:
     try:
         return COMMANDS[args.command](args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {with_hint(e, CLI_HINTS)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)

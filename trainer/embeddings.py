@@ -138,9 +138,7 @@ def create_embedding(
         raise UserError(f"The embeddings folder {directory} is a file, not a folder.")
     existing = _existing_embedding_file(directory, clean)
     if existing is not None and not overwrite:
-        raise UserError(
-            f"An embedding named '{clean}' already exists ({existing}); tick 'Overwrite Old Embedding' to replace it."
-        )
+        raise UserError(f"An embedding named '{clean}' already exists ({existing}).", control="overwrite")
     refuse_if_locked(directory, clean, "embedding", "overwritten")
     vectors, clip_l_width = _init_vectors(tokenizer, text_encoder, init_text, count), None
     if text_encoder_2 is not None:

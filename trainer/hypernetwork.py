@@ -499,8 +499,7 @@ def create_hypernetwork(name: str, sizes, layer_structure=DEFAULT_LAYER_STRUCTUR
     existing = list_hypernetworks(hypernetwork_dir).get(clean)  # anywhere under the folder: a name exists once
     path = existing or Path(hypernetwork_dir) / f"{clean}{EXTENSION}"
     if existing is not None and not overwrite:
-        raise UserError(f"A hypernetwork named '{clean}' already exists ({path}); tick 'Overwrite Old "
-                        "Hypernetwork' to replace it.")
+        raise UserError(f"A hypernetwork named '{clean}' already exists ({path}).", control="overwrite")
     refuse_if_locked(hypernetwork_dir, clean, "hypernetwork", "overwritten")
     hypernetwork = Hypernetwork(clean, sizes, structure, activation, weight_init, layer_norm, bool(use_dropout),
                                 dropout, activate_output=False, sd_checkpoint=checkpoint_hash,

@@ -36,6 +36,9 @@ class Job:
     result: object = None
     message: str = ""
     error: str = ""
+    error_control: str | None = None  # the setting that would have avoided the error (UserError.control)
+    warnings: list = field(default_factory=list)  # e.g. the dataset's skipped files, by name and reason
+    settings: object = None  # what it was started with (TrainConfig, PreprocessConfig): a page re-fills its form
     finished_at: float | None = None
     bad_input: bool = False  # it ended with a UserError raised before any work (a sentence about the input)
     done: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -57,7 +60,11 @@ class Job:
                 self.latest = event
                 self.losses.append((event["step"], event["loss"]))
                 self.last_prompt = event.get("prompt", self.last_prompt)
-            elif kind in ("start", "progress", "dataset"):
+            elif kind == "start":
+                self.latest = {**self.latest, **{k: v for k, v in event.items() if k != "history"}}
+                # a resumed run: the earlier sessions' loss comes first
+                self.losses[:0] = [tuple(point) for point in event.get("history", [])]
+            elif kind in ("progress", "dataset"):
                 self.latest = {**self.latest, **event}
             elif kind == "preview":
                 self.previews.append((event["image"], f"step {event['step']}"))
@@ -80,6 +87,7 @@ class Job:
                 "previews": list(self.previews), "latest": dict(self.latest), "messages": list(self.messages),
                 "saved_files": list(self.saved_files), "last_prompt": self.last_prompt,
                 "preview_prompt": self.preview_prompt, "message": self.message, "error": self.error,
+                "warnings": list(self.warnings), "error_control": self.error_control,
             }
 
 
@@ -91,32 +99,37 @@ class JobRunner:
         self._ids = itertools.count(1)
         self.current: Job | None = None
 
-    def start(self, kind: str, title: str, work) -> Job:
-        """Run `work(job)` in the background; it returns a result with `.status` and `.message` (or raises)."""
+    def start(self, kind: str, title: str, work, settings=None) -> Job:
+        """Run `work(job)` in the background; it returns a result with `.status` and `.message` (or raises).
+        `settings`: what the job was started with, kept for pages that re-attach."""
         with self._lock:
             if self.current is not None and self.current.running:
                 raise JobBusy(f"Another job is running ({self.current.title}); wait for it or press Interrupt.")
-            job = Job(next(self._ids), kind, title)
+            job = Job(next(self._ids), kind, title, settings=settings)
             self.current = job
         threading.Thread(target=self._run, args=(job, work), name=f"job-{job.id}", daemon=True).start()
         return job
 
     def _run(self, job: Job, work):
+        result, error, warnings, control = None, "", [], None
         try:
             result = work(job)
-            job.result = result
             state = getattr(result, "status", "finished")
-            job.message = getattr(result, "message", "") or job.message
+            message = getattr(result, "message", "") or job.message
+            warnings = list(getattr(result, "warnings", None) or [])
             if state in ("failed", "nan"):
-                job.error = job.message
+                error = message
         except UserError as e:
-            state, job.error, job.message = "failed", str(e), str(e)
+            state, error, control = "failed", str(e), e.control
+            message = error
             job.bad_input = True
         except Exception as e:  # noqa: BLE001 - a job never takes the app down; the page shows what happened
             traceback.print_exc()
             state = "failed"
-            job.error = job.message = f"{job.title} failed: {e.__class__.__name__}: {e}"
-        with job.lock:
+            error = message = f"{job.title} failed: {e.__class__.__name__}: {e}"
+        with job.lock:  # the state, its reason and the warnings change together: a page never sees one alone
+            job.result, job.message, job.error, job.warnings = result, message, error, warnings
+            job.error_control = control
             job.state = state
             job.finished_at = time.time()
         job.done.set()

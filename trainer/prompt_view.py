@@ -84,3 +84,27 @@ def describe_prompt(prompt: str, steps: int = 20, embeddings: dict | None = None
             start = end + 1
         parts.append({"weight": weight, "schedule": rows, "truncated": len(schedule) > MAX_SCHEDULE_ROWS})
     return parts
+
+
+_NAME_LIKE = re.compile(r"(?<![\w<:-])([A-Za-z][A-Za-z0-9]*(?:[-_][A-Za-z0-9]+)+)(?![\w>-])")
+
+
+def embedding_notes(prompt: str, loaded: dict, skipped: dict, folder) -> list:
+    """Sentences about embeddings a prompt meant to use and will not: none found at all, one the model cannot use
+    (with the reason), a word shaped like an embedding name (`my-cat`, `style_2`) with no file of that name."""
+    import difflib
+
+    notes = []
+    if not loaded:
+        notes.append(f"No embedding in {folder} fits this model." if skipped else f"No embeddings found in {folder}.")
+    for name in names_in_prompt(prompt, list(skipped)):
+        if name not in loaded:
+            notes.append(f"Embedding '{name}' was not used: {skipped[name][1]}.")
+    known = {name.lower() for name in list(loaded) + list(skipped)}
+    for word in dict.fromkeys(_NAME_LIKE.findall(prompt)):
+        if word.lower() in known:
+            continue
+        close = difflib.get_close_matches(word, list(loaded), n=1, cutoff=0.75)
+        hint = f"; did you mean '{close[0]}'?" if close else "."
+        notes.append(f"'{word}' looks like an embedding name, but there is no embedding '{word}' in {folder}{hint}")
+    return notes

@@ -75,7 +75,8 @@ class TrainConfig:
             raise UserError("Dataset directory is empty; point it at a folder of images.")
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        # "preview_from_txt2img": the Train tab's "Read parameters ... from txt2img tab", named as the reference does
+        return {**dataclasses.asdict(self), "preview_from_txt2img": self.preview is not None}
 
     @classmethod
     def from_json(cls, data: dict, where: str = "Settings") -> "TrainConfig":
@@ -178,9 +179,19 @@ REFERENCE_FIELD_NAMES = {
 }
 
 
+REFERENCE_PREVIEW_FIELDS = {"preview_prompt": "prompt", "preview_negative_prompt": "negative_prompt",
+                            "preview_sampler_name": "sampler", "preview_steps": "steps",
+                            "preview_cfg_scale": "cfg_scale", "preview_seed": "seed", "preview_width": "width",
+                            "preview_height": "height"}
+
+
 def normalise_settings(data: dict) -> dict:
     """Accept our own settings JSON and the reference webui's (its field names mapped onto ours)."""
     out = {REFERENCE_FIELD_NAMES.get(k, k): v for k, v in data.items()}
     if "template_filename" in data and "template" not in data:
         out["template"] = Path(str(data["template_filename"])).name
+    if "preview_from_txt2img" in data and not data["preview_from_txt2img"]:
+        out["preview"] = None
+    elif data.get("preview_from_txt2img") and not isinstance(data.get("preview"), dict):  # the reference's keys
+        out["preview"] = {ours: data[theirs] for theirs, ours in REFERENCE_PREVIEW_FIELDS.items() if theirs in data}
     return out

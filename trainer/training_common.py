@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from .dataset import TextualInversionDataset, build_prompt
 from .errors import UserError
 from .files import atomic_write_text
+from .loss_history import epoch_of, read_loss_history
 from .sampling import Txt2ImgParams, validate_params
 from .schedule import parse_schedule
 from .train_config import PreviewSettings
@@ -64,7 +65,8 @@ def build_dataset(model, cfg, seed: int, emit, should_stop, warnings: list) -> T
         join_string=cfg.join_string, seed=seed, progress=emit, should_stop=should_stop)
     for file_name, reason in dataset.report.skipped:
         warnings.append(f"Skipped {file_name}: {reason}.")
-    emit({"type": "message", "text": f"Dataset: {len(dataset)} images, {len(dataset.report.skipped)} skipped."})
+    skipped = "".join(f"; skipped {file_name} ({reason})" for file_name, reason in dataset.report.skipped)
+    emit({"type": "message", "text": f"Dataset: {len(dataset)} images{skipped}."})
     return dataset
 
 
@@ -179,13 +181,18 @@ def run_training_loop(cfg, parts: LoopParts, *, accelerator, optimizer, dataset,
     Interrupt is checked before every micro-batch. Whatever ends the run, `last_good` is the state after the
     last finite step, for the caller to save."""
     is_main = accelerator.is_main_process
+    # the earlier sessions' loss (a resumed run's chart shows them), read before this session appends
+    history = read_loss_history(log_dir.parent.parent, cfg.name, csv_name, start_step) if log_dir else []
     loss_csv = LossCsv(log_dir / csv_name, cfg.loss_csv_every) if log_dir is not None else None
     step = start_step
     last_good = parts.snapshot()
     status, error = "finished", None
     stream = batch_stream(dataset, cfg.batch_size, rng, generator, accelerator)
+    # epochs count from the overall step, as the reference does: optimizer steps per pass over the dataset
+    epoch_len = max(1, dataset.batches_per_epoch(cfg.batch_size) // (cfg.grad_accum * accelerator.num_processes))
     started = time.perf_counter()
-    emit({"type": "start", "step": step, "max_steps": cfg.steps, "dataset_size": len(dataset)})
+    emit({"type": "start", "step": step, "max_steps": cfg.steps, "dataset_size": len(dataset),
+          "epoch_len": epoch_len, "history": history})
     try:
         while step < cfg.steps:
             lr = lr_schedule.value_at(step)
@@ -198,7 +205,7 @@ def run_training_loop(cfg, parts: LoopParts, *, accelerator, optimizer, dataset,
                 if should_stop():
                     status = "interrupted"
                     break
-                epoch, epoch_step, batch = next(stream)
+                _, _, batch = next(stream)
                 prompts = [build_prompt(template_lines, cfg.name, words, rng, cfg.shuffle_tags, cfg.tag_dropout)
                            for words in batch.filewords]
                 with accelerator.accumulate(parts.module):
@@ -228,8 +235,9 @@ def run_training_loop(cfg, parts: LoopParts, *, accelerator, optimizer, dataset,
             step += 1
             last_good = parts.snapshot()
             elapsed = time.perf_counter() - started
+            epoch, epoch_step = epoch_of(step, epoch_len)
             emit({"type": "step", "step": step, "max_steps": cfg.steps, "loss": loss_total, "lr": lr,
-                  "epoch": epoch, "epoch_step": epoch_step, "prompt": prompts[0],
+                  "epoch": epoch, "epoch_step": epoch_step, "epoch_len": epoch_len, "prompt": prompts[0],
                   "it_per_s": (step - start_step) / elapsed if elapsed > 0 else 0.0})
             if not is_main or log_dir is None:
                 continue

@@ -2,6 +2,8 @@
 
 `app.py` and the CLI each create one `Workspace` and hand it to whoever needs it; nothing is global.
 """
+import dataclasses
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,18 @@ def folder_fingerprint(folder: Path) -> tuple:
     return tuple(sorted(entries))
 
 
+DATA_DIR_ENV = "TI_TRAINER_DATA_DIR"  # the data folder when --data-dir is not given
+SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "textual_inversion_templates"
+DEFAULT_SUBFOLDERS = {"ckpt_dir": "models/Stable-diffusion", "embeddings_dir": "embeddings",
+                      "hypernetwork_dir": "models/hypernetworks", "templates_dir": "textual_inversion_templates",
+                      "outputs_dir": "outputs"}
+
+
+def default_data_dir() -> Path:
+    """$TI_TRAINER_DATA_DIR, else the folder the app or command runs in."""
+    return Path(os.environ.get(DATA_DIR_ENV) or ".").expanduser().resolve()
+
+
 @dataclass
 class Folders:
     ckpt_dir: Path = Path("models/Stable-diffusion")
@@ -41,6 +55,28 @@ class Folders:
     hypernetwork_dir: Path = Path("models/hypernetworks")
     templates_dir: Path = Path("textual_inversion_templates")
     outputs_dir: Path = Path("outputs")
+    data_dir: Path = Path(".")  # what relative paths typed in the page (dataset, log directory, ...) start from
+
+    @classmethod
+    def under(cls, data_dir=None, **given) -> "Folders":
+        """Every folder resolved against one data folder (`data_dir`, else `default_data_dir()`): the defaults
+        (embeddings/, models/..., outputs/) and relative paths in `given` (None: the default). The prompt
+        templates come from the data folder when it has its own textual_inversion_templates/, else the shipped ones."""
+        root = Path(data_dir).expanduser().resolve() if data_dir else default_data_dir()
+        folders = {}
+        for key, default in DEFAULT_SUBFOLDERS.items():
+            folders[key] = (root / Path(given.get(key) or default).expanduser()).resolve()
+        if not given.get("templates_dir") and not folders["templates_dir"].is_dir():
+            folders["templates_dir"] = SHIPPED_TEMPLATES
+        return cls(**folders, data_dir=root)
+
+    def resolve(self, path) -> Path:
+        """A path the user typed, made absolute against the data folder."""
+        return (Path(self.data_dir) / Path(str(path)).expanduser()).resolve()
+
+    @property
+    def log_root(self) -> Path:
+        return self.resolve("textual_inversion")
 
 
 class Workspace:
@@ -149,11 +185,17 @@ class Workspace:
 
     def _start_training_job(self, cfg, what: str, train):
         if not cfg.name:
-            raise UserError(f"Choose a {what} to train (create one in the Create {what} tab).")
+            raise UserError(f"Choose an {what} to train (create one in the Create {what} tab)." if what == "embedding"
+                            else f"Choose a {what} to train (create one in the Create {what} tab).")
         cfg.validate()
+        if str(cfg.dataset).strip():
+            cfg.dataset = str(self.folders.resolve(cfg.dataset))
+        if str(cfg.log_dir).strip():
+            cfg.log_dir = str(self.folders.resolve(cfg.log_dir))
         model = self.model
         cfg.model = model.name
-        job = self.runner.start(f"train-{what}", f"Training {what} {cfg.name}", lambda job: train(model, job))
+        job = self.runner.start(f"train-{what}", f"Training {what} {cfg.name}", lambda job: train(model, job),
+                                 settings=cfg)
         job.report({"type": "progress", "max_steps": cfg.steps})  # known before the dataset is ready (HTTP API)
         return job
 
@@ -161,6 +203,15 @@ class Workspace:
         """Run preprocess.run_preprocess as the background job (image i/N progress, Interrupt after an image)."""
         from preprocess.pipeline import run_preprocess, validate_config
 
+        typed = {key: self.folders.resolve(getattr(config, key)) for key in ("src", "dst")
+                 if str(getattr(config, key) or "").strip()}  # relative to the data folder; empty stays empty
+        config = dataclasses.replace(config, **typed)
+        if config.blip_model is None and (self.folders.resolve("models/BLIP") / "config.json").is_file():
+            config = dataclasses.replace(config, blip_model=self.folders.resolve("models/BLIP"))
+        if config.yunet_model is None:
+            from preprocess.focal import find_yunet_model
+
+            config = dataclasses.replace(config, yunet_model=find_yunet_model(self.folders.resolve("models/opencv")))
         config = validate_config(config)
 
         def work(job):
@@ -169,7 +220,7 @@ class Workspace:
             lines = [result.summary] + [f"Skipped {s.name}: {s.reason}" for s in result.skipped] + result.warnings
             return PreprocessOutcome("interrupted" if result.interrupted else "finished", "\n".join(lines), result)
 
-        return self.runner.start("preprocess", "Preprocessing images", work)
+        return self.runner.start("preprocess", "Preprocessing images", work, settings=config)
 
 
 @dataclass

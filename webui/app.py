@@ -4,14 +4,18 @@ Handlers stay a few lines: they build a config object and call the engine (train
 runs in the workspace's job runner; a gr.Timer polls the job once a second while it runs, and page load
 re-attaches to a running job.
 """
+import threading
+import time
+
 import gradio as gr
 
 from trainer.errors import UserError
-from trainer.prompt_view import describe_prompt, names_in_prompt
+from trainer.prompt_view import describe_prompt
 from trainer.train_config import PreviewSettings, TrainConfig
 
-from . import (create_embedding_tab, create_hypernetwork_tab, job_view, output_column, preprocess_tab, train_tab,
-               txt2img_tab)
+from . import (create_embedding_tab, create_hypernetwork_tab, job_view, output_column, preprocess_tab, reattach,
+               train_tab, txt2img_run, txt2img_tab)
+from .hints import job_error, page_message
 from .prompt_html import prompt_html
 
 JOB_POLL_SECONDS = 1.0
@@ -26,13 +30,13 @@ def build_app(ws) -> gr.Blocks:
                                      value=ws.model_name, elem_id="setting_sd_model_checkpoint", scale=4)
             refresh_checkpoints = gr.Button("↻", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
             model_status = gr.Markdown(model_caption(ws), elem_id="model_status")
-        with gr.Tabs():
+        with gr.Tabs() as main_tabs:
             with gr.Tab("txt2img", id="txt2img"):
                 t2i = txt2img_tab.build()
             with gr.Tab("Train", id="train"):
                 with gr.Row():
                     with gr.Column():
-                        with gr.Tabs():
+                        with gr.Tabs() as train_tabs:
                             with gr.Tab("Create embedding", id="create_embedding"):
                                 ce = create_embedding_tab.build()
                             with gr.Tab("Create hypernetwork", id="create_hypernetwork"):
@@ -41,10 +45,11 @@ def build_app(ws) -> gr.Blocks:
                                 pp = preprocess_tab.build()
                             with gr.Tab("Train", id="train_embedding"):
                                 tr = train_tab.build(ws)
-                    with gr.Column():
+                    with gr.Column(elem_id="ti_output_column"):  # sticky: stays in view beside the long form
                         out = output_column.build()
         timer = gr.Timer(JOB_POLL_SECONDS, active=False)
         seen = gr.State(None)  # what this page already shows, so unchanged parts are not re-sent
+        preview_files = job_view.PreviewFiles()  # previews encoded once, sent as files
         preprocess_tab.wire(ws, pp, out, timer)
         create_hypernetwork_tab.wire(ws, ch, out, tr, model_status, demo)
 
@@ -57,21 +62,29 @@ def build_app(ws) -> gr.Blocks:
             return {name: e.num_vectors for name, e in ws.embeddings()[0].items()}
 
         def render(seen_before, steps_hint=20):
-            """Outputs for the current job: (output, error, progress, plot, gallery, parsed, timer, seen).
+            """Outputs for the current job: (output, error, progress, plot, gallery, parsed, train status,
+            preprocess status, timer, seen).
 
             `seen` remembers what this page already shows; unchanged parts are skipped (not re-sent), and the
-            error box is only written when the job's error changes, so a refusal message stays visible."""
+            error box is only written when the job's state or error changes, so a refusal message stays visible
+            while the job runs. The chart is redrawn at most every `job_view.chart_interval` seconds."""
             job = ws.runner.current
             snap = job.snapshot() if job else None
             running = bool(snap and snap["state"] == "running")
             if snap is None:
-                return (*[gr.skip()] * 6, gr.Timer(active=False), None)
+                return (*[gr.skip()] * 8, gr.Timer(active=False), None)
             old = seen_before if seen_before and seen_before["id"] == snap["id"] else {}
             now = {"id": snap["id"], "state": snap["state"], "losses": len(snap["losses"]),
-                   "previews": len(snap["previews"]), "messages": len(snap["messages"]),
-                   "done": snap["latest"].get("done"), "prompt": snap["preview_prompt"], "error": snap["error"]}
+                   "previews": snap["previews"][-1][1] if snap["previews"] else None,  # the list is capped
+                   "messages": len(snap["messages"]),
+                   "done": snap["latest"].get("done"), "prompt": snap["preview_prompt"], "error": snap["error"],
+                   "chart": old.get("chart", -1), "chart_at": old.get("chart_at", 0.0)}
+            due = time.time() - now["chart_at"] >= job_view.chart_interval(now["losses"]) or not running
+            redraw_chart = now["chart"] != now["losses"] and (due or not old)
+            if redraw_chart:
+                now["chart"], now["chart_at"] = now["losses"], time.time()
             if now == old:
-                return (*[gr.skip()] * 6, gr.Timer(active=running), now)
+                return (*[gr.skip()] * 8, gr.Timer(active=running), now)
 
             def changed(*keys):
                 return any(old.get(k) != now[k] for k in keys)
@@ -81,14 +94,15 @@ def build_app(ws) -> gr.Blocks:
                 parsed = prompt_html(describe_prompt(snap["preview_prompt"], steps_hint, embedding_counts()),
                                      "Last preview prompt")
             return (job_view.result_text(snap),
-                    job_view.error_text(snap) if changed("error") else gr.skip(),
+                    job_error(snap) if changed("state", "error") else gr.skip(),
                     job_view.progress_html(snap),
-                    job_view.loss_frame(snap["losses"]) if changed("losses") else gr.skip(),
-                    job_view.gallery_items(snap) if changed("previews") else gr.skip(),
-                    parsed, gr.Timer(active=running), now)
+                    job_view.chart_frame(job_view.chart_series(snap)) if redraw_chart else gr.skip(),
+                    preview_files.items(snap) if changed("previews") else gr.skip(),
+                    parsed, job_view.compact_status(snap, "train"), job_view.compact_status(snap, "preprocess"),
+                    gr.Timer(active=running), now)
 
         job_outputs = [out.output, out.error, out.progress, out.loss_plot, out.gallery, out.parsed_prompt,
-                       timer, seen]
+                       tr.live, pp.live, timer, seen]
 
         # --- checkpoint ---------------------------------------------------------------------------------
         def switch_checkpoint(spec, progress=gr.Progress()):
@@ -107,8 +121,8 @@ def build_app(ws) -> gr.Blocks:
             try:
                 path = create_embedding_tab.create(ws, name, init_text, vectors, overwrite, file_format)
             except UserError as e:
-                return "", str(e), gr.skip()
-            return f"Created: {path}", "", embedding_choices(path.stem)
+                return "", page_message(e), gr.skip()
+            return f"Created: {path.resolve()}", "", embedding_choices(path.stem)
 
         ce.button.click(create_embedding, [ce.name, ce.init_text, ce.vectors, ce.overwrite, ce.file_format],
                         [out.output, out.error, tr.embedding])
@@ -132,9 +146,8 @@ def build_app(ws) -> gr.Blocks:
             try:
                 cfg = train_tab.config_from_form(fields, preview)
                 job = ws.start_training(cfg) if kind == "embedding" else ws.start_hypernetwork_training(cfg)
-            except UserError as e:
-                gr.Warning(str(e))
-                return gr.skip(), str(e), gr.Timer(active=_running(ws))
+            except UserError as e:  # a new action: the previous result goes, this sentence is the one message
+                return "", str(e), gr.Timer(active=_running(ws))
             return f"{job.title}...", "", gr.Timer(active=True)
 
         train_inputs = form_components + [tr.hypernetwork, tr.hypernetwork_learn_rate, tr.use_txt2img] + t2i.params
@@ -155,55 +168,49 @@ def build_app(ws) -> gr.Blocks:
 
         gr.Timer(JOB_WATCH_SECONDS).tick(watch_jobs, seen, job_outputs, show_progress="hidden")
 
+        # a reloaded page re-opens the running job's tab with its form filled from the job's settings
+        restored = reattach.Restorer(ws, main_tabs, train_tabs, tr, pp, t2i, embedding_choices)
+
         def on_load():
             """A new or reloaded page: current lists (files may have appeared) and the running job, if any."""
-            return (*render(None), embedding_choices(), gr.Dropdown(choices=ws.checkpoints(), value=ws.model_name),
-                    model_caption(ws))
+            return (*render(None), gr.Dropdown(choices=ws.checkpoints(), value=ws.model_name), model_caption(ws),
+                    *restored.values())  # (the embedding list is refreshed by the restore)
 
-        demo.load(on_load, None, job_outputs + [tr.embedding, checkpoint, model_status])
+        demo.load(on_load, None, job_outputs + [checkpoint, model_status] + restored.outputs)
+        demo.load(None, None, None, js=txt2img_tab.CTRL_ENTER_JS)
         tr.refresh_embeddings.click(lambda v: embedding_choices(v), tr.embedding, tr.embedding)
         tr.refresh_templates.click(lambda v: gr.Dropdown(choices=ws.templates(), value=v), tr.template,
                                    tr.template)
-        tr.log_dir.change(lambda d: gr.Dropdown(choices=train_tab.settings_files(d)), tr.log_dir, tr.settings_file)
-        tr.settings_file.focus(lambda d: gr.Dropdown(choices=train_tab.settings_files(d)), tr.log_dir,
-                               tr.settings_file)
+
+        def settings_choices(log_dir):
+            return gr.Dropdown(choices=train_tab.settings_files(ws.folders.resolve(log_dir or "textual_inversion")))
+
+        tr.log_dir.change(settings_choices, tr.log_dir, tr.settings_file)
+        tr.settings_file.focus(settings_choices, tr.log_dir, tr.settings_file)
 
         def load_settings(path):
+            """Every field the settings file holds, back into the form (and the txt2img tab's preview fields)."""
+            skip_all = [gr.skip()] * len(restored.train_outputs)
+            if not (path or "").strip():
+                return skip_all + ["", "Choose a settings file: they are listed from the log directory's runs."]
             try:
-                cfg = TrainConfig.load(path)
+                cfg = TrainConfig.load(ws.folders.resolve(path or ""))
             except UserError as e:
-                return [gr.skip()] * (len(form_components) + 2) + [str(e)]
-            values = train_tab.form_from_config(cfg, tr.form)
-            name_at, rate_at = form_keys.index("name"), form_keys.index("learn_rate")
-            hypernetwork_values = [gr.skip(), gr.skip()]
-            if train_tab.settings_kind(path) == "hypernetwork":  # its name and rate go to the hypernetwork boxes
-                hypernetwork_values = [gr.Dropdown(choices=ws.hypernetworks(), value=cfg.name), cfg.learn_rate]
-                values[name_at] = values[rate_at] = gr.skip()
-            else:
-                values[name_at] = embedding_choices(cfg.name)
-            return values + hypernetwork_values + [f"Loaded settings from {path}."]
+                return skip_all + ["", str(e)]
+            values = restored.train_values(cfg, train_tab.settings_kind(ws.folders.resolve(path)))
+            return values + [f"Loaded settings from {path}.", ""]
 
-        tr.load_settings.click(load_settings, tr.settings_file,
-                               form_components + [tr.hypernetwork, tr.hypernetwork_learn_rate, out.output])
+        tr.load_settings.click(load_settings, tr.settings_file, restored.train_outputs + [out.output, out.error])
 
         # --- txt2img ------------------------------------------------------------------------------------
+        t2i_stop = threading.Event()  # this page's Interrupt for txt2img
+
         def generate(*values):
-            from trainer.sampling import save_txt2img_outputs, txt2img
+            yield from txt2img_run.generate(ws, values, t2i_stop)
 
-            loaded, skipped = ws.embeddings()
-            notes = [f"Embedding **{name}** was not used: {skipped[name][1]}."
-                     for name in names_in_prompt(values[0] or "", list(skipped)) if name not in loaded]
-            try:
-                results = txt2img(ws.model, txt2img_tab.params_from_values(*values),
-                                  {name: e.vectors for name, e in loaded.items()},
-                                  hypernetworks=ws.hypernetwork_library())
-            except UserError as e:
-                return gr.skip(), gr.skip(), f"**Error:** {e}"
-            paths = save_txt2img_outputs(results, ws.folders.outputs_dir)  # downloads keep their infotext
-            return ([(str(path), f"seed {r.seed}") for path, r in zip(paths, results)], results[0].infotext,
-                    "\n\n".join(notes))
-
-        t2i.generate.click(generate, t2i.params, [t2i.gallery, t2i.infotext, t2i.error])
+        t2i.generate.click(generate, t2i.params, [t2i.gallery, t2i.infotext, t2i.error, t2i.progress],
+                           show_progress="hidden")
+        t2i.interrupt.click(lambda: t2i_stop.set(), None, None, queue=False)
         t2i.random_seed.click(lambda: -1, None, t2i.seed)
 
         def prompt_changed(prompt, steps, follow_training):

@@ -10,7 +10,9 @@ def build() -> SimpleNamespace:
         name = gr.Textbox(label="Name", elem_id="train_new_embedding_name")
         init_text = gr.Textbox(label="Initialization text", value="*", elem_id="train_initialization_text")
         vectors = gr.Slider(label="Number of vectors per token", minimum=1, maximum=75, step=1, value=1,
-                            elem_id="train_nvpt")
+                            elem_id="train_nvpt",
+                            info="How many of a prompt's 75 token places the embedding's word takes: more can learn "
+                                 "more detail but need more images and steps; 1 to 4 is usual.")
         overwrite = gr.Checkbox(label="Overwrite Old Embedding", value=False, elem_id="train_overwrite_old_embedding")
         file_format = gr.Radio(label="File format", choices=[(".pt (the reference's)", "pt"),
                                                              (".safetensors", "safetensors")],

@@ -40,9 +40,17 @@ def build(ws) -> SimpleNamespace:
 
 
 def sizes_update(ws) -> dict:
-    """Choices and ticked defaults for "Modules": the loaded model's text and attention widths first."""
+    """Choices, ticked defaults and a hint for "Modules": the loaded model's text and attention widths first."""
     model = ws.model
-    return {"choices": [str(s) for s in size_choices(model)], "value": [str(s) for s in default_sizes(model)]}
+    sizes = default_sizes(model)
+    hint = ("A module is added to every attention layer of each ticked width (the text width and the UNet's "
+            "attention widths). ")
+    if sizes == [768, 320, 640, 1280]:
+        hint += "These are Stable Diffusion 1.x's widths."
+    else:
+        hint += (f"This model ({model.name}) uses {', '.join(map(str, sizes))}, ticked; the others are Stable "
+                 "Diffusion's sizes and do nothing on this model.")
+    return {"choices": [str(s) for s in size_choices(model)], "value": [str(s) for s in sizes], "info": hint}
 
 
 def create(ws, name, sizes, layer_structure, activation, weight_init, layer_norm, use_dropout, dropout_structure,
@@ -64,11 +72,13 @@ def wire(ws, c, out, tr, model_status, demo):
     subtab's hypernetwork list is read afresh on page load and by its refresh button."""
     from trainer.errors import UserError
 
+    from .hints import HYPERNETWORK_HINTS, page_message
+
     def on_create(*values):
         try:
             message = create(ws, *values)
         except UserError as e:
-            return "", str(e), gr.skip()
+            return "", page_message(e, HYPERNETWORK_HINTS), gr.skip()
         created = Path(message.split(": ", 1)[1]).stem
         return message, "", choices(created)
 

@@ -1,31 +1,68 @@
 """Draw a job snapshot (trainer.job.Job.snapshot) as the Train tab's output column."""
 import html
+import shutil
+import tempfile
+import threading
 import time
+import uuid
+import weakref
+from pathlib import Path
 
 import pandas as pd
 
-MAX_CHART_POINTS = 1500
+MAX_CHART_POINTS = 500  # per series: the chart is re-sent whole, so its size is bounded however long the run
+SERIES_COLORS = {"raw": "#94a3b8", "smoothed": "#f97316"}  # a new series (e.g. validation loss) adds its colour here
 
 
-def loss_frame(losses: list, smoothing: float = 0.9) -> pd.DataFrame:
-    """Raw loss and its exponential moving average, thinned to at most MAX_CHART_POINTS per series."""
+def chart_series(snap: dict | None, smoothing: float = 0.9) -> dict:
+    """The chart's lines, name -> [(step, value)], thinned: the raw loss (averaged over each thinned bucket) and
+    its exponential moving average. Another series is one more entry here and in SERIES_COLORS."""
+    losses = snap["losses"] if snap else []
     if not losses:
-        return pd.DataFrame({"step": [], "loss": [], "series": []})
-    steps = [s for s, _ in losses]
-    raw = [loss for _, loss in losses]
-    smooth, ema = [], raw[0]
-    for value in raw:
+        return {}
+    smooth, ema = [], losses[0][1]
+    for step, value in losses:
         ema = smoothing * ema + (1 - smoothing) * value
-        smooth.append(ema)
-    stride = max(1, len(steps) // MAX_CHART_POINTS)
-    keep = list(range(0, len(steps), stride))
-    if keep[-1] != len(steps) - 1:
-        keep.append(len(steps) - 1)
-    return pd.DataFrame({
-        "step": [steps[i] for i in keep] * 2,
-        "loss": [raw[i] for i in keep] + [smooth[i] for i in keep],
-        "series": ["raw"] * len(keep) + ["smoothed"] * len(keep),
-    })
+        smooth.append((step, ema))
+    return {"raw": thin(losses, average=True), "smoothed": thin(smooth)}
+
+
+def thin(points: list, average: bool = False, limit: int = MAX_CHART_POINTS) -> list:
+    """At most about `limit` points: one per bucket of consecutive points, at the bucket's last step (its mean
+    value when `average`), always ending with the newest point."""
+    stride = -(-len(points) // limit) if len(points) > limit else 1
+    if stride == 1:
+        return list(points)
+    out = []
+    for start in range(0, len(points), stride):
+        bucket = points[start:start + stride]
+        value = sum(v for _, v in bucket) / len(bucket) if average else bucket[-1][1]
+        out.append((bucket[-1][0], value))
+    return out
+
+
+def chart_frame(series: dict) -> pd.DataFrame | None:
+    """Long format for gr.LinePlot, with explicit types (whole-number steps, the series as a category); None for
+    no points at all: an empty frame would reach the browser typed as numbers and leave the chart undrawable."""
+    rows = [(step, value, name) for name, points in series.items() for step, value in points]
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
+    frame["step"] = frame["step"].astype("int64")
+    frame["loss"] = frame["loss"].astype("float64")
+    frame["series"] = pd.Categorical(frame["series"], categories=list(dict.fromkeys([*SERIES_COLORS, *series])))
+    return frame
+
+
+def loss_frame(losses: list, smoothing: float = 0.9) -> pd.DataFrame | None:
+    """Raw loss and its moving average for [(step, loss)], as the chart draws them."""
+    return chart_frame(chart_series({"losses": losses}, smoothing))
+
+
+def chart_interval(points: int) -> float:
+    """Seconds between two redraws of the chart: every poll for short runs, less often for long ones (each
+    redraw re-sends the whole thinned frame)."""
+    return 1.0 if points <= 2 * MAX_CHART_POINTS else 5.0
 
 
 def format_duration(seconds: float) -> str:
@@ -61,8 +98,10 @@ def progress_html(snap: dict | None) -> str:
                 line += f" &middot; ETA {format_duration((total - done) / rate)}"
         rows.append(line)
     if "loss" in latest:
-        rows.append(f"Loss: {latest['loss']:.6f} &middot; Learning rate: {latest['lr']:.3g} "
-                    f"&middot; Epoch {latest.get('epoch', 0)}, step {latest.get('epoch_step', 0)}")
+        epoch = f"Epoch {latest.get('epoch', 0)}, step {latest.get('epoch_step', 0) + 1}"
+        if latest.get("epoch_len"):
+            epoch += f"/{latest['epoch_len']}"
+        rows.append(f"Loss: {latest['loss']:.6f} &middot; Learning rate: {latest['lr']:.3g} &middot; {epoch}")
     if snap["last_prompt"]:
         rows.append(f"Last prompt: <code>{html.escape(snap['last_prompt'])}</code>")
     if snap["saved_files"]:
@@ -73,9 +112,64 @@ def progress_html(snap: dict | None) -> str:
     return "<div class='ti-progress'>" + "<br>".join(rows) + "</div>"
 
 
-def gallery_items(snap: dict | None) -> list:
-    """Previews newest first, captioned with their step."""
-    return list(reversed(snap["previews"])) if snap else []
+def compact_status(snap: dict | None, kind: str) -> str:
+    """One line beside the buttons (the output column may be scrolled away): step/max, loss, ETA, or how it ended.
+    `kind` is "train" or "preprocess": each subtab shows only its own jobs."""
+    if not snap or (snap["kind"] == "preprocess") != (kind == "preprocess"):
+        return ""
+    latest, state = snap["latest"], snap["state"]
+    if state == "running":
+        parts = []
+        if snap["kind"] == "preprocess":
+            if latest.get("total"):
+                parts.append(f"Image {latest.get('done', 0)}/{latest['total']}")
+        elif latest.get("type") == "dataset":
+            parts.append(f"Preparing dataset: image {latest.get('done', 0)}/{latest.get('total', 0)}")
+        elif latest.get("max_steps"):
+            parts.append(f"Step {latest.get('step', 0)}/{latest['max_steps']}")
+            if "loss" in latest:
+                parts.append(f"loss {latest['loss']:.4f}")
+            rate = latest.get("it_per_s") or 0.0
+            if rate > 0:
+                parts.append(f"ETA {format_duration((latest['max_steps'] - latest.get('step', 0)) / rate)}")
+        text = " · ".join(parts) or "starting..."
+        return f"<div class='ti-live'>{html.escape(snap['title'])}: {html.escape(text)}</div>"
+    if snap["error"]:  # the sentence itself is shown once, in the output column's error box
+        text = f"{snap['title']} stopped: the reason is in the error box of the output column."
+    else:
+        text = (snap["message"] or state).splitlines()[0]
+    return f"<div class='ti-live ti-{html.escape(state)}'>{html.escape(text)}</div>"
+
+
+class PreviewFiles:
+    """Each preview written once as a PNG in a private temporary folder, so a gallery update sends file paths
+    instead of encoding all of the newest previews again (16 previews of 512 px took seconds per update). Files
+    of previews that left the list are deleted; the folder goes when the app ends. One per page (not global)."""
+
+    def __init__(self):
+        self.folder = Path(tempfile.mkdtemp(prefix="ti-previews-"))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.folder, True)
+        self.written = {}  # (job id, caption) -> path
+        self.lock = threading.Lock()
+
+    def items(self, snap: dict | None) -> list:
+        """[(path, caption)] of the job's previews, newest first."""
+        if not snap:
+            return []
+        with self.lock:
+            keep = {}
+            for image, caption in reversed(snap["previews"]):
+                key = (snap["id"], caption)
+                path = self.written.get(key)
+                if path is None:
+                    path = self.folder / f"{uuid.uuid4().hex}.png"
+                    image.save(path)
+                keep[key] = path
+            for key, path in self.written.items():
+                if key not in keep:
+                    path.unlink(missing_ok=True)
+            self.written = keep
+            return [(str(path), caption) for (_, caption), path in keep.items()]
 
 
 def result_text(snap: dict | None) -> str:
@@ -83,7 +177,9 @@ def result_text(snap: dict | None) -> str:
         return ""
     if snap["state"] == "running":
         return f"{snap['title']}..."
-    return snap["message"]
+    # a failed run's sentence is in the error box (once); the result box never says something else
+    message = "" if snap["error"] else snap["message"]
+    return "\n".join([message, *snap.get("warnings", [])]).strip()
 
 
 def error_text(snap: dict | None) -> str:
@@ -94,6 +190,16 @@ CSS = """
 .ti-bar { background: #ddd; border-radius: 4px; height: 10px; margin: 4px 0; }
 .ti-bar > div { background: #f97316; height: 10px; border-radius: 4px; }
 #ti_error:not(:empty) { color: #b91c1c; }
+.gradio-container { overflow: visible !important; overflow-x: clip !important; } /* lets the column below stick */
+#ti_output_column { position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px);
+                    overflow-y: auto; }
+.ti-live { font-weight: 600; padding: 4px 8px; border-radius: 6px; background: #fff7ed; }
+.ti-live.ti-failed, .ti-live.ti-nan { background: #fef2f2; color: #b91c1c; }
+.ti-live:empty { display: none; }
+/* one or two images in a gallery are drawn as big squares: keep them inside the gallery's box, whole */
+#txt2img_gallery .grid-wrap .thumbnail-item { max-height: 370px; }
+#ti_gallery .grid-wrap .thumbnail-item { max-height: 310px; }
+#txt2img_gallery .thumbnail-item img, #ti_gallery .thumbnail-item img { object-fit: contain; }
 .parsed-prompt span.seg { border-radius: 4px; padding: 1px 3px; margin: 1px; display: inline-block; }
 .parsed-prompt span.emb { outline: 2px solid #2563eb; }
 .parsed-prompt span.hn { outline: 2px dashed #7c3aed; background: #f5f3ff; }

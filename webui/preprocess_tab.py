@@ -15,6 +15,8 @@ from preprocess.captions_review import caption_of, list_images, save_caption, th
 from preprocess.pipeline import PreprocessConfig
 from trainer.errors import UserError
 
+from .hints import page_message
+
 CAPTION_ACTIONS = ("ignore", "copy", "prepend", "append")
 OBJECTIVES = ("Maximize area", "Minimize error")
 PAGE_SIZE = 48  # gallery thumbnails per page
@@ -84,6 +86,7 @@ def build() -> SimpleNamespace:
         gr.HTML(value="", padding=False)
         c.interrupt = gr.Button("Interrupt", elem_id="train_interrupt_preprocessing")
         c.run = gr.Button("Preprocess", variant="primary", elem_id="train_run_preprocess")
+    c.live = gr.HTML(elem_id="preprocess_live_status")  # image i/N beside the button
     build_review(c)
     c.form = [  # (PreprocessConfig field, component), in the order the Preprocess handler receives them
         ("src", c.src), ("dst", c.dst), ("width", c.width), ("height", c.height),
@@ -145,7 +148,7 @@ def wire(ws, c: SimpleNamespace, out: SimpleNamespace, timer: gr.Timer) -> None:
         try:
             job = ws.start_preprocess(config_from_form(dict(zip(keys, values))))
         except UserError as e:
-            return "", str(e), gr.skip()
+            return "", page_message(e), gr.skip()
         return f"{job.title}...", "", gr.Timer(active=True)
 
     c.run.click(start, [component for _, component in c.form], [out.output, out.error, timer])

@@ -20,19 +20,23 @@ def build(ws) -> SimpleNamespace:
         c.refresh_hypernetworks = gr.Button("↻", elem_id="train_hypernetwork_refresh", scale=0, min_width=40)
     with gr.Row():
         c.learn_rate = gr.Textbox(label="Embedding Learning rate", value="0.005",
-                                  placeholder="Embedding Learning rate", elem_id="train_embedding_learn_rate")
+                                  placeholder="Embedding Learning rate", elem_id="train_embedding_learn_rate",
+                                  info=SCHEDULE_HINT)
         c.hypernetwork_learn_rate = gr.Textbox(label="Hypernetwork Learning rate", value="0.00001",
                                                placeholder="Hypernetwork Learning rate",
-                                               elem_id="train_hypernetwork_learn_rate")
+                                               elem_id="train_hypernetwork_learn_rate", info=SCHEDULE_HINT)
     with gr.Row():
         c.clip_grad_mode = gr.Dropdown(label="Gradient Clipping", choices=["disabled", "value", "norm"],
                                        value="disabled", elem_id="train_clip_grad_mode")
         c.clip_grad_value = gr.Textbox(placeholder="Gradient clip value", value="0.1", show_label=False,
-                                       elem_id="train_clip_grad_value")
+                                       elem_id="train_clip_grad_value",
+                                       info="The largest gradient value (or norm) kept; a schedule like the rate's.")
     with gr.Row():
         c.batch_size = gr.Number(label="Batch size", value=1, precision=0, elem_id="train_batch_size")
         c.grad_accum = gr.Number(label="Gradient accumulation steps", value=1, precision=0,
-                                 elem_id="train_gradient_step")
+                                 elem_id="train_gradient_step",
+                                 info="Batches added up into each training step: trains like batch size × this, "
+                                      "with the memory of one batch.")
     c.dataset = gr.Textbox(label="Dataset directory", placeholder="Path to directory with input images",
                            elem_id="train_dataset_directory")
     c.log_dir = gr.Textbox(label="Log directory", placeholder="Path to directory where to write outputs",
@@ -63,7 +67,10 @@ def build(ws) -> SimpleNamespace:
     c.tag_dropout = gr.Slider(minimum=0, maximum=1, step=0.1, label="Drop out tags when creating prompts.", value=0,
                               elem_id="train_tag_drop_out")
     c.latent_sampling = gr.Radio(label="Choose latent sampling method", value="once", choices=list(LATENT_SAMPLING),
-                                 elem_id="train_latent_sampling_method")
+                                 elem_id="train_latent_sampling_method",
+                                 info="How each image is turned into latents once, before training: once = one "
+                                      "random sample, kept; deterministic = the average (no noise); random = a new "
+                                      "sample at every use (more variety).")
     with gr.Row():
         c.settings_file = gr.Dropdown(label="Training settings to load", choices=[], allow_custom_value=True,
                                       elem_id="train_settings_file", scale=4)
@@ -72,6 +79,7 @@ def build(ws) -> SimpleNamespace:
         c.interrupt = gr.Button("Interrupt", elem_id="train_interrupt_training")
         c.train = gr.Button("Train Embedding", variant="primary", elem_id="train_train_embedding")
         c.train_hypernetwork = gr.Button("Train Hypernetwork", variant="primary", elem_id="train_train_hypernetwork")
+    c.live = gr.HTML(elem_id="train_live_status")  # step/max, loss, ETA beside the buttons
     c.form = [  # (TrainConfig field, component), in the order handlers receive their values
         ("name", c.embedding), ("learn_rate", c.learn_rate), ("clip_grad_mode", c.clip_grad_mode),
         ("clip_grad_value", c.clip_grad_value), ("batch_size", c.batch_size), ("grad_accum", c.grad_accum),
@@ -83,6 +91,8 @@ def build(ws) -> SimpleNamespace:
     return c
 
 
+SCHEDULE_HINT = ("A number, or rate:step pairs like 5e-2:100, 5e-3:500, 5e-6 (0.05 until step 100, then 0.005 "
+                 "until 500, then 5e-6).")
 INTEGER_FIELDS = {"batch_size", "grad_accum", "width", "height", "steps", "preview_every", "save_every"}
 
 
