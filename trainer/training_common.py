@@ -61,10 +61,14 @@ def build_dataset(model, cfg, seed: int, emit, should_stop, warnings: list) -> T
     dataset = TextualInversionDataset(
         model, cfg.dataset, cfg.width, cfg.height, resize=not cfg.no_resize,
         latent_sampling=cfg.latent_sampling, use_alpha_weight=cfg.alpha_weight, word_regex=cfg.word_regex,
-        join_string=cfg.join_string, seed=seed, progress=emit, should_stop=should_stop)
+        join_string=cfg.join_string, seed=seed, progress=emit, should_stop=should_stop,
+        cache_dir=cfg.latent_cache_folder())
     for file_name, reason in dataset.report.skipped:
         warnings.append(f"Skipped {file_name}: {reason}.")
-    emit({"type": "message", "text": f"Dataset: {len(dataset)} images, {len(dataset.report.skipped)} skipped."})
+    cached = (f" ({dataset.report.cached} from the latent cache in {dataset.cache_folder})"
+              if dataset.cache_folder is not None else "")
+    emit({"type": "message",
+          "text": f"Dataset: {len(dataset)} images{cached}, {len(dataset.report.skipped)} skipped."})
     return dataset
 
 
