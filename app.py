@@ -10,6 +10,9 @@ from pathlib import Path
 for key, value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "GRADIO_ANALYTICS_ENABLED": "False",
                    "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error"}.items():
     os.environ.setdefault(key, value)
+from trainer.cpu_env import add_threads_argument, apply_cpu_defaults, set_threads  # noqa: E402 (no torch)
+
+apply_cpu_defaults()  # passive OpenMP waits, huge-page allocations: before anything imports torch
 
 
 def parse_args(argv=None):
@@ -24,6 +27,7 @@ def parse_args(argv=None):
     parser.add_argument("--textual-inversion-templates-dir", default="textual_inversion_templates")
     parser.add_argument("--outputs-dir", default="outputs", help="where txt2img images are kept")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
+    add_threads_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -45,10 +49,13 @@ def main(argv=None) -> int:
             auth = parse_auth(args.gradio_auth)
         if args.listen and not auth:
             raise ValueError("--listen serves the app to the network; set --gradio-auth user:password too")
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, not {args.threads}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    set_threads(args.threads)
     from trainer.errors import UserError
     from trainer.workspace import Folders, Workspace
     from webui.app import build_app

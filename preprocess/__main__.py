@@ -11,11 +11,14 @@ import signal
 import sys
 import threading
 
-from trainer.errors import UserError
+from trainer.cpu_env import add_threads_argument, apply_cpu_defaults, set_threads
+
+apply_cpu_defaults()  # passive OpenMP waits, huge-page allocations: before the steps below import torch
+from trainer.errors import UserError  # noqa: E402
 
 from .autosize import OBJECTIVES
-from .caption import CAPTION_ACTIONS
-from .pipeline import PreprocessConfig, run_preprocess
+from .caption import CAPTION_ACTIONS  # noqa: E402
+from .pipeline import PreprocessConfig, run_preprocess  # noqa: E402
 
 PROG = "python -m preprocess"
 
@@ -72,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-length", type=int, default=d.min_length, help="BLIP min length (default %(default)s)")
     g.add_argument("--max-length", type=int, default=d.max_length, help="BLIP max length (default %(default)s)")
     g.add_argument("--device", default=None, help="Device for BLIP (default: cuda if available, else cpu)")
+    add_threads_argument(p)
     return p
 
 
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_interrupt) if in_main_thread else None
     try:
+        set_threads(args.threads)
         result = run_preprocess(config, progress=progress, should_stop=lambda: stop["requested"])
     except UserError as exc:
         _close(bar)

@@ -21,6 +21,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
+from .cpu_env import add_threads_argument, apply_cpu_defaults, set_threads  # noqa: E402 (imports no torch)
+
+apply_cpu_defaults()  # passive OpenMP waits, huge-page allocations: before anything imports torch
 from .errors import UserError  # noqa: E402
 
 
@@ -28,6 +31,7 @@ def add_common(parser, embeddings=True):
     parser.add_argument("--model", default="demo", help='checkpoint: "demo", a name in --ckpt-dir, or a path')
     parser.add_argument("--ckpt-dir", default="models/Stable-diffusion")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
+    add_threads_argument(parser)
     if embeddings:
         parser.add_argument("--embeddings-dir", default="embeddings")
 
@@ -291,6 +295,7 @@ COMMANDS = {
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        set_threads(getattr(args, "threads", None))
         return COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
