@@ -130,6 +130,14 @@ def add_training_arguments(p, default_learn_rate: str):
     p.add_argument("--preview-cfg-scale", type=float)
     p.add_argument("--preview-seed", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
+                   help="compute precision (default: fp16 on CUDA, no on the CPU; bf16 works on both)")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                   help="recompute UNet activations in backward: less memory, slower steps")
+    p.add_argument("--latent-cache-dir", help="where encoded images are kept between runs "
+                                              "(default: <log dir>/latent_cache)")
+    p.add_argument("--latent-cache", action=argparse.BooleanOptionalAction,
+                   help="keep encoded images on disk between runs (default on; --no-latent-cache: memory only)")
     p.add_argument("--quiet", action="store_true", default=False)
 
 
@@ -160,7 +168,8 @@ def cmd_create_embedding(args):
 
 CONFIG_FIELDS = ("name", "dataset", "log_dir", "template", "learn_rate", "batch_size", "grad_accum", "width",
                  "height", "no_resize", "steps", "save_every", "preview_every", "alpha_weight", "png_embedding",
-                 "shuffle_tags", "tag_dropout", "latent_sampling", "clip_grad_mode", "clip_grad_value", "seed")
+                 "shuffle_tags", "tag_dropout", "latent_sampling", "clip_grad_mode", "clip_grad_value", "seed",
+                 "latent_cache", "latent_cache_dir", "mixed_precision", "gradient_checkpointing")
 
 
 def train_config_from_args(args, default_learn_rate: str | None = None):
@@ -191,7 +200,7 @@ def run_training(args, cfg, train):
     from .workspace import best_device
 
     cfg.validate()
-    accelerator = make_accelerator(args.device or best_device(), cfg.grad_accum)
+    accelerator = make_accelerator(args.device or best_device(), cfg.grad_accum, cfg.mixed_precision)
     args.device = str(accelerator.device)
     ws = make_workspace(args)
     stop = threading.Event()

@@ -14,6 +14,7 @@ from .dataset import read_template
 from .embeddings import (Embedding, load_embeddings_dir, load_optimizer_state, save_embedding, save_optimizer_state,
                          write_image_embedding)
 from .errors import UserError
+from .precision import training_precision
 from .sampling import save_png_with_infotext, txt2img
 from .train_config import TrainConfig
 from .training_common import (LoopParts, TrainResult, denoising_loss, end_message, prepare_log_dir, preview_params,
@@ -110,10 +111,12 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
     # --- loop --------------------------------------------------------------------------------------------
     parts = LoopParts(trainable, [raw_trainable.vectors], compute_loss,
                       snapshot=lambda: raw_trainable.vectors.detach().clone(), save_copy=save_copy, preview=preview)
-    outcome = run_training_loop(
-        cfg, parts, accelerator=accelerator, optimizer=optimizer, dataset=dataset, template_lines=template_lines,
-        rng=rng, generator=generator, lr_schedule=lr_schedule, clip_schedule=clip_schedule, start_step=start_step,
-        log_dir=log_dir, csv_name="textual_inversion_loss.csv", emit=emit, should_stop=should_stop)
+    with training_precision(model, accelerator, run.checkpointing):  # frozen weights' dtype, checkpointing
+        outcome = run_training_loop(
+            cfg, parts, accelerator=accelerator, optimizer=optimizer, dataset=dataset, template_lines=template_lines,
+            rng=rng, generator=generator, lr_schedule=lr_schedule, clip_schedule=clip_schedule,
+            start_step=start_step, log_dir=log_dir, csv_name="textual_inversion_loss.csv", emit=emit,
+            should_stop=should_stop)
     status, step, last_good = outcome.status, outcome.step, outcome.last_good
 
     # --- save what was learned -----------------------------------------------------------------------------
