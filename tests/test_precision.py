@@ -134,3 +134,22 @@ def test_cli_precision_flags_and_their_refusals(work):
     code, _, err = run_cli(["train-embedding", "--name", "cat", "--dataset", "data", "--steps", 3,
                             "--no-latent-cache", "--mixed-precision", "no", *small], work)
     assert code == 0, err
+
+
+def test_train_tab_speed_and_memory_controls_round_trip_the_settings(tmp_path, demo_model):
+    import gradio as gr
+
+    from trainer.workspace import Folders, Workspace
+    from webui import train_tab
+
+    ws = Workspace(Folders(embeddings_dir=tmp_path / "emb", templates_dir=TEMPLATES), "cpu", model=demo_model)
+    with gr.Blocks():
+        c = train_tab.build(ws)
+    keys = [key for key, _ in c.form]
+    assert {"mixed_precision", "gradient_checkpointing", "latent_cache_dir"} <= set(keys)
+    assert [value for _, value in c.mixed_precision.choices] == ["", "no", "fp16", "bf16"]
+    cfg = TrainConfig(name="x", dataset="data", mixed_precision="bf16", gradient_checkpointing=True,
+                      latent_cache_dir="cache-here")
+    again = train_tab.config_from_form(dict(zip(keys, train_tab.form_from_config(cfg, c.form))), None)
+    assert (again.mixed_precision, again.gradient_checkpointing, again.latent_cache_dir) == ("bf16", True,
+                                                                                            "cache-here")
