@@ -1,7 +1,8 @@
 """Training speed: our loop vs the bare compute of the same step, measured side by side in one run.
 
-    python bench/train_speed.py [--steps 30] [--rounds 3] [--configs demo,mid] [--startup-size 512]
-                                [--startup-images 20] [--ratio-size 128] [--skip-loop] [--skip-startup]
+    python bench/train_speed.py [--steps 30] [--rounds 3] [--configs demo,mid] [--startup-config demo|mid]
+                                [--startup-size 512] [--startup-images 20] [--ratio-size 128]
+                                [--skip-loop] [--skip-startup]
 
 For each model config it prints seconds per step of `trainer.textual_inversion.train_embedding` (no previews,
 no saves) beside the bare compute of one step with the same shapes (text-encoder forward with the trainable
@@ -9,10 +10,10 @@ vectors, UNet forward + backward on a cached latent, AdamW step), their ratio, s
 Rounds alternate loop / bare so that machine noise hits both alike; the best round of each is compared (noise
 only ever adds time), and the median ratio is printed beside it.
 
-Then, with the "mid" model, each in a fresh process (so peak RSS is that run's own):
-* cold vs warm start-up: seconds from calling `train_embedding` to the end of the first step with an empty
-  latent cache, then again with the cache the first run left (a resume), and each process's peak RSS
-  (``ru_maxrss``) at `--startup-size` px, batch 1;
+Then, with the demo model (or `--startup-config mid`), each in a fresh process (so peak RSS is that run's own):
+* cold vs warm start-up: seconds from calling `train_embedding` to the loop's start (data ready) and to the
+  end of the first step, with an empty latent cache, then again with the cache the first run left (a resume),
+  and each process's peak RSS (``ru_maxrss``) at `--startup-size` px, batch 1;
 * step time with 5 vs 100 images in the dataset (interleaved rounds, best of each) and their ratio.
 """
 import argparse
@@ -140,15 +141,23 @@ def time_to_first_step(model, work: Path, data: Path, cache: Path, size: int, st
     cfg = TrainConfig(name=name, dataset=str(data), log_dir="", width=size, height=size, steps=steps, save_every=0,
                       preview_every=0, template="subject_filewords.txt", save_optimizer_state=False, seed=0,
                       latent_cache_dir=str(cache))
+    loop_start = []
+
+    def progress(event):
+        if event["type"] == "start":
+            loop_start.append(time.perf_counter())
+        elif event["type"] == "step":
+            marks.append(time.perf_counter())
+
     start = time.perf_counter()
-    train_embedding(model, cfg, work / "emb", Path("textual_inversion_templates"),
-                    progress=lambda e: marks.append(time.perf_counter()) if e["type"] == "step" else None)
-    return {"first_step_s": marks[0] - start, "step_s": (marks[-1] - marks[0]) / max(1, len(marks) - 1)}
+    train_embedding(model, cfg, work / "emb", Path("textual_inversion_templates"), progress=progress)
+    return {"first_step_s": marks[0] - start, "loop_start_s": loop_start[0] - start,
+            "step_s": (marks[-1] - marks[0]) / max(1, len(marks) - 1)}
 
 
 def child(args):
     """One measurement in this fresh process; prints a JSON line."""
-    model = mid_model()
+    model = load_model("demo") if args.startup_config == "demo" else mid_model()
     work = Path(args.work)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.child == "startup":
@@ -169,8 +178,8 @@ def child(args):
 
 
 def run_child(kind: str, work: Path, args) -> dict:
-    command = [sys.executable, __file__, "--child", kind, "--work", str(work), "--startup-size",
-               str(args.startup_size), "--ratio-size", str(args.ratio_size), "--steps", str(args.steps),
+    command = [sys.executable, __file__, "--child", kind, "--work", str(work), "--startup-config",
+               args.startup_config, "--startup-size", str(args.startup_size), "--ratio-size", str(args.ratio_size), "--steps", str(args.steps),
                "--rounds", str(args.rounds)]
     out = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -182,9 +191,10 @@ def startup_and_dataset_size(args):
         make_dataset(work / "data", args.startup_size, args.startup_images)
         cold = run_child("startup", work, args)
         warm = run_child("startup", work, args)
-        print(f"  mid {args.startup_size}px batch 1, {args.startup_images} images: seconds to the first step "
-              f"(after model load) cold {cold['first_step_s']:.2f} s, warm {warm['first_step_s']:.2f} s "
-              f"(cold/warm {cold['first_step_s'] / warm['first_step_s']:.1f}x); step {warm['step_s']:.3f} s; "
+        print(f"  {args.startup_config} {args.startup_size}px batch 1, {args.startup_images} images: seconds to the end of the first "
+              f"step (after model load) cold {cold['first_step_s']:.2f} s, warm {warm['first_step_s']:.2f} s; to the "
+              f"loop's start (data ready) cold {cold['loop_start_s']:.2f} s, warm {warm['loop_start_s']:.2f} s; "
+              f"step {warm['step_s']:.3f} s; "
               f"peak RSS cold {cold['peak_rss_mb']:.0f} MiB, warm {warm['peak_rss_mb']:.0f} MiB "
               f"(model loaded: {cold['rss_after_load_mb']:.0f} MiB)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,7 +202,7 @@ def startup_and_dataset_size(args):
         make_dataset(work / "data5", args.ratio_size, 5)
         make_dataset(work / "data100", args.ratio_size, 100)
         ratio = run_child("ratio", work, args)
-        print(f"  mid {args.ratio_size}px batch 1: step with 5 images {ratio['step_5']:.4f} s, with 100 images "
+        print(f"  {args.startup_config} {args.ratio_size}px batch 1: step with 5 images {ratio['step_5']:.4f} s, with 100 images "
               f"{ratio['step_100']:.4f} s, ratio 100/5 {ratio['step_100'] / ratio['step_5']:.3f} "
               f"(median ratio {ratio['median_ratio']:.3f}); peak RSS {ratio['peak_rss_mb']:.0f} MiB")
 
@@ -202,6 +212,8 @@ def main():
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--configs", default="demo,mid")
+    parser.add_argument("--startup-config", default="demo", choices=["demo", "mid"],
+                        help="model for the start-up, memory and dataset-size runs")
     parser.add_argument("--startup-size", type=int, default=512)
     parser.add_argument("--startup-images", type=int, default=20)
     parser.add_argument("--ratio-size", type=int, default=128)
