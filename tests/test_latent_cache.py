@@ -50,6 +50,7 @@ def test_second_run_reads_latents_from_disk_without_the_vae(tmp_path, demo_model
     assert warm_calls == 0 and warm.report.cached == 4
     for a, b in zip(cold.samples, warm.samples):  # the same seed draws the very same "once" samples
         assert a.path == b.path and a.filewords == b.filewords and torch.equal(a.latent, b.latent)
+        assert a.original_size == b.original_size == (64, 64)
     # One entry serves every sampling method.
     det, calls = build(demo_model, folder, cache, latent_sampling="deterministic")
     rnd, calls_rnd = build(demo_model, folder, cache, latent_sampling="random")

@@ -30,6 +30,7 @@ class Sample:
     latent: torch.Tensor  # [4, h, w]: the kept sample ("once"), or the posterior mean
     latent_std: torch.Tensor | None = None  # kept only for "random": re-sampled every time
     weight: torch.Tensor | None = None  # [4, h, w] loss weight from the PNG alpha channel
+    original_size: tuple = (0, 0)  # (height, width) of the image file, before resizing (SDXL conditions on it)
 
 
 @dataclass
@@ -178,14 +179,16 @@ class TextualInversionDataset:
                 self.report.cached += 1
             else:
                 try:
-                    image = fit_image(open_image(io.BytesIO(content)), width, height, resize)
+                    image = open_image(io.BytesIO(content))
+                    original_size = (image.height, image.width)
+                    image = fit_image(image, width, height, resize)
                 except ImageTooSmall as e:
                     self.report.skipped.append((path.name, str(e)))
                     continue
                 except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
                     self.report.skipped.append((path.name, f"cannot be read as an image ({e.__class__.__name__})"))
                     continue
-                entry = self._encode(image)
+                entry = self._encode(image, original_size)
                 del image
                 cache.store(key, entry, path.name)
             self._add(path, filewords_for(path, word_regex, join_string), entry, use_alpha_weight, generator)
@@ -201,7 +204,7 @@ class TextualInversionDataset:
         self.report.buckets = {(w * vsf, h * vsf): len(v) for (h, w), v in self.buckets.items()}
 
     @torch.inference_mode()
-    def _encode(self, image: Image.Image) -> CachedLatent:
+    def _encode(self, image: Image.Image, original_size: tuple) -> CachedLatent:
         """One image through the VAE encoder, in the VAE's own dtype (outside any autocast)."""
         vae = self.model.vae
         pixels = to_tensor(image)[None].to(self.model.device, dtype=next(vae.parameters()).dtype)
@@ -209,10 +212,11 @@ class TextualInversionDataset:
         mean = dist.mean[0].float().cpu() * self.model.latent_scale
         std = dist.std[0].float().cpu() * self.model.latent_scale
         weight = alpha_weight(image, mean.shape)
-        return CachedLatent(mean.clone(), std.clone(), weight[0].clone() if weight is not None else None)
+        return CachedLatent(mean.clone(), std.clone(), weight[0].clone() if weight is not None else None,
+                            original_size)
 
     def _add(self, path, words, entry: CachedLatent, use_alpha_weight, generator):
-        sample = Sample(path, words, entry.mean)
+        sample = Sample(path, words, entry.mean, original_size=entry.original_size)
         if self.latent_sampling == "once":
             noise = torch.randn(entry.mean.shape, generator=generator)
             sample.latent = entry.mean + entry.std * noise

@@ -6,7 +6,7 @@ Where: ``<log directory>/latent_cache/`` by default (the Train tab's and CLI's l
 
 What a file holds: for one image, at one size setting, through one VAE encoder, the posterior's ``mean`` and
 ``std`` (scaled like the latents the UNet sees) and, for an image with transparency, its alpha channel on the
-latent grid as a loss weight. Mean and std serve every latent sampling method ("once" draws its sample from
+latent grid as a loss weight, and the image's original size (metadata). Mean and std serve every latent sampling method ("once" draws its sample from
 them with the run's seed, "deterministic" takes the mean, "random" re-samples each time), so one entry serves
 all three. Sizes ("Do not resize images" buckets or a fixed width x height) are part of the key.
 
@@ -42,6 +42,7 @@ class CachedLatent:
     mean: torch.Tensor
     std: torch.Tensor
     alpha_weight: torch.Tensor | None = None
+    original_size: tuple = (0, 0)  # (height, width) of the image file before resizing (SDXL conditions on it)
 
 
 def default_cache_dir(log_dir: str) -> Path | None:
@@ -106,13 +107,19 @@ class LatentCache:
             return None
         if len(shape) != 3 or shape[0] != channels or (expected_hw is not None and shape[1:] != tuple(expected_hw)):
             return None
+        try:
+            original_size = tuple(int(v) for v in json.loads(meta.get("original_size", "[0, 0]")))
+        except (TypeError, ValueError):
+            return None
+        if len(original_size) != 2 or min(original_size) < 0:
+            return None
         if set(tensors) - {*TENSOR_NAMES, "alpha_weight"} or not all(name in tensors for name in TENSOR_NAMES):
             return None
         for name, tensor in tensors.items():
             wanted = shape if name in TENSOR_NAMES else shape[1:]
             if tensor.dtype != torch.float32 or tuple(tensor.shape) != wanted or not torch.isfinite(tensor).all():
                 return None
-        return CachedLatent(tensors["mean"], tensors["std"], tensors.get("alpha_weight"))
+        return CachedLatent(tensors["mean"], tensors["std"], tensors.get("alpha_weight"), original_size)
 
     def store(self, key: str, entry: CachedLatent, source_name: str = ""):
         """Write the entry atomically; a folder that cannot be written leaves the run uncached, not failed."""
@@ -125,7 +132,7 @@ class LatentCache:
         if entry.alpha_weight is not None:
             tensors["alpha_weight"] = entry.alpha_weight.float().contiguous()
         meta = {"key": key, "format": CACHE_FORMAT, "vae": self.vae_id, "source": source_name,
-                "shape": json.dumps(list(entry.mean.shape))}
+                "shape": json.dumps(list(entry.mean.shape)), "original_size": json.dumps(list(entry.original_size))}
         try:
             atomic_write(path, lambda temp: save_file(tensors, temp, metadata=meta))
         except OSError:
