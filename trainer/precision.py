@@ -25,6 +25,7 @@ import torch
 from .errors import UserError
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FROZEN_PARTS = ("text_encoder", "text_encoder_2", "unet")  # (text_encoder_2: SDXL's second encoder, when there)
 
 
 def resolve_mixed_precision(choice: str, device) -> str:
@@ -48,11 +49,14 @@ def _lossy(old: torch.dtype, new: torch.dtype) -> bool:
 
 @contextlib.contextmanager
 def hold_frozen_weights(model, dtype: torch.dtype):
-    """Within the block the text encoder and UNet hold their weights in `dtype`; afterwards they are exactly
+    """Within the block the text encoder(s) and UNet hold their weights in `dtype`; afterwards they are exactly
     what they were (fp32 originals parked on the CPU when the cast loses precision)."""
     saved = []
     try:
-        for module in (model.text_encoder, model.unet):
+        for name in FROZEN_PARTS:
+            module = getattr(model, name, None)
+            if module is None:
+                continue
             old = next(module.parameters()).dtype
             if old == dtype:
                 continue
