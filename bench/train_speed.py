@@ -10,18 +10,19 @@ vectors, UNet forward + backward on a cached latent, AdamW step), their ratio, s
 Rounds alternate loop / bare so that machine noise hits both alike; the best round of each is compared (noise
 only ever adds time), and the median ratio is printed beside it.
 
-Then, with the demo model (or `--startup-config mid`), each in a fresh process (so peak RSS is that run's own):
+First (while this process is still small), with the demo model (or `--startup-config mid`), each in a fresh
+process:
 * cold vs warm start-up: seconds from calling `train_embedding` to the loop's start (data ready) and to the
   end of the first step, with an empty latent cache, then again with the cache the first run left (a resume),
-  and each process's peak RSS (``ru_maxrss``) at `--startup-size` px, batch 1;
+  and each process's own peak RSS (VmHWM) at `--startup-size` px, batch 1;
 * step time with 5 vs 100 images in the dataset (interleaved rounds, best of each) and their ratio.
 """
 import argparse
 import json
 import os
 import random
-import subprocess
 import resource
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -155,11 +156,23 @@ def time_to_first_step(model, work: Path, data: Path, cache: Path, size: int, st
             "step_s": (marks[-1] - marks[0]) / max(1, len(marks) - 1)}
 
 
+def own_peak_rss_mb() -> float:
+    """This process's own peak RSS: VmHWM (ru_maxrss would start from the parent's peak, inherited through
+    fork and exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(args):
     """One measurement in this fresh process; prints a JSON line."""
     model = load_model("demo") if args.startup_config == "demo" else mid_model()
     work = Path(args.work)
-    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_loaded = own_peak_rss_mb()
     if args.child == "startup":
         result = time_to_first_step(model, work, work / "data", work / "cache", args.startup_size)
     else:  # "ratio": step time with 5 vs 100 images, interleaved, cache warmed first
@@ -172,7 +185,7 @@ def child(args):
                                                        args.ratio_size, steps=args.steps + 1)["step_s"])
         result = {"step_5": min(times[5]), "step_100": min(times[100]),
                   "median_ratio": statistics.median(times[100]) / statistics.median(times[5])}
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = own_peak_rss_mb()
     result["rss_after_load_mb"] = rss_loaded
     print(json.dumps(result))
 
@@ -225,6 +238,8 @@ def main():
     if args.child:
         return child(args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    if not args.skip_startup:
+        startup_and_dataset_size(args)
     for config in ([] if args.skip_loop else args.configs.split(",")):
         model, size = (load_model("demo"), 512) if config == "demo" else (mid_model(), 256)
         with tempfile.TemporaryDirectory() as tmp:
@@ -239,8 +254,6 @@ def main():
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"{config:>5} {size}px batch 1: loop {lo:.4f} s/step ({1 / lo:.2f} steps/s), bare {ba:.4f} s/step, "
               f"ratio {lo / ba:.3f} (median ratio {median_ratio:.3f}), peak RSS so far {peak:.0f} MiB")
-    if not args.skip_startup:
-        startup_and_dataset_size(args)
 
 
 if __name__ == "__main__":
