@@ -154,8 +154,8 @@ def main(argv=None) -> int:
         work = Path(tmp)
         make_photos(work / "data", size)
         run_setting(model, work, size, 1, "no", False, device)  # fills the latent cache: no VAE in the timings
-        header = f"{'mixed precision':>15} {'checkpointing':>13} {'s/step':>8} {'peak GiB':>9} {'weights GiB':>11}  status"
-        print(header)
+        print(f"{'mixed precision':>15} {'checkpointing':>13} {'s/step':>8} {'peak GiB':>9} {'weights GiB':>11}"
+              "  status")
         rows = []
         for precision, checkpointing in settings_for(device):
             result, per_step, peak, resident = run_setting(model, work, size, args.steps, precision, checkpointing,

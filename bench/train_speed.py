@@ -192,8 +192,8 @@ def child(args):
 
 def run_child(kind: str, work: Path, args) -> dict:
     command = [sys.executable, __file__, "--child", kind, "--work", str(work), "--startup-config",
-               args.startup_config, "--startup-size", str(args.startup_size), "--ratio-size", str(args.ratio_size), "--steps", str(args.steps),
-               "--rounds", str(args.rounds)]
+               args.startup_config, "--startup-size", str(args.startup_size), "--ratio-size", str(args.ratio_size),
+               "--steps", str(args.steps), "--rounds", str(args.rounds)]
     out = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -204,9 +204,10 @@ def startup_and_dataset_size(args):
         make_dataset(work / "data", args.startup_size, args.startup_images)
         cold = run_child("startup", work, args)
         warm = run_child("startup", work, args)
-        print(f"  {args.startup_config} {args.startup_size}px batch 1, {args.startup_images} images: seconds to the end of the first "
-              f"step (after model load) cold {cold['first_step_s']:.2f} s, warm {warm['first_step_s']:.2f} s; to the "
-              f"loop's start (data ready) cold {cold['loop_start_s']:.2f} s, warm {warm['loop_start_s']:.2f} s; "
+        print(f"  {args.startup_config} {args.startup_size}px batch 1, {args.startup_images} images: seconds to the "
+              f"end of the first step (after model load) cold {cold['first_step_s']:.2f} s, "
+              f"warm {warm['first_step_s']:.2f} s; to the loop's start (data ready) cold {cold['loop_start_s']:.2f} s, "
+              f"warm {warm['loop_start_s']:.2f} s; "
               f"step {warm['step_s']:.3f} s; "
               f"peak RSS cold {cold['peak_rss_mb']:.0f} MiB, warm {warm['peak_rss_mb']:.0f} MiB "
               f"(model loaded: {cold['rss_after_load_mb']:.0f} MiB)")
@@ -215,8 +216,8 @@ def startup_and_dataset_size(args):
         make_dataset(work / "data5", args.ratio_size, 5)
         make_dataset(work / "data100", args.ratio_size, 100)
         ratio = run_child("ratio", work, args)
-        print(f"  {args.startup_config} {args.ratio_size}px batch 1: step with 5 images {ratio['step_5']:.4f} s, with 100 images "
-              f"{ratio['step_100']:.4f} s, ratio 100/5 {ratio['step_100'] / ratio['step_5']:.3f} "
+        print(f"  {args.startup_config} {args.ratio_size}px batch 1: step with 5 images {ratio['step_5']:.4f} s, "
+              f"with 100 images {ratio['step_100']:.4f} s, ratio 100/5 {ratio['step_100'] / ratio['step_5']:.3f} "
               f"(median ratio {ratio['median_ratio']:.3f}); peak RSS {ratio['peak_rss_mb']:.0f} MiB")
 
 
