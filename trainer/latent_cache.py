@@ -8,7 +8,8 @@ What a file holds: for one image, at one size setting, through one VAE encoder, 
 ``std`` (scaled like the latents the UNet sees) and, for an image with transparency, its alpha channel on the
 latent grid as a loss weight, and the image's original size (metadata). Mean and std serve every latent
 sampling method ("once" draws its sample from them with the run's seed, "deterministic" takes the mean,
-"random" re-samples each time), so one entry serves all three. Sizes ("Do not resize images" buckets or a fixed width x height) are part of the key.
+"random" re-samples each time), so one entry serves all three. Sizes ("Do not resize images" buckets or a
+fixed width x height) are part of the key.
 
 The key: sha256 of (the image file's bytes, the size setting, the VAE identity, the cache format). The VAE
 identity is its encoder's config, the dtype it encodes in, and a fingerprint of its encoder weights, so a
