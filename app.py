@@ -13,6 +13,9 @@ from pathlib import Path
 for key, value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "GRADIO_ANALYTICS_ENABLED": "False",
                    "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error"}.items():
     os.environ.setdefault(key, value)
+from trainer.cpu_env import add_threads_argument, apply_cpu_defaults, set_threads  # noqa: E402 (no torch)
+
+apply_cpu_defaults()  # passive OpenMP waits, huge-page allocations: before anything imports torch
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -44,6 +47,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
     parser.add_argument("--api", action="store_true", help="serve the reference's HTTP API (/sdapi/v1/...) on the same port")
     parser.add_argument("--api-auth", default=None, help="user:password[,user2:password2] for the API (HTTP basic)")
+    add_threads_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -101,10 +105,13 @@ def main(argv=None) -> int:
             raise ValueError("--listen with --api serves the API to the network; set --api-auth user:password too")
         check_folders(folders)
         check_port(server_name, args.port)
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, not {args.threads}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    set_threads(args.threads)
     from trainer.errors import UserError
     from trainer.workspace import Workspace
     from webui.api import api_app_kwargs, no_api_app_kwargs

@@ -11,11 +11,14 @@ import signal
 import sys
 import threading
 
-from trainer.errors import UserError, with_hint
+from trainer.cpu_env import add_threads_argument, apply_cpu_defaults, set_threads
+
+apply_cpu_defaults()  # passive OpenMP waits, huge-page allocations: before the steps below import torch
+from trainer.errors import UserError, with_hint  # noqa: E402
 
 from .autosize import OBJECTIVES
-from .caption import CAPTION_ACTIONS
-from .pipeline import PreprocessConfig, run_preprocess
+from .caption import CAPTION_ACTIONS  # noqa: E402
+from .pipeline import PreprocessConfig, run_preprocess  # noqa: E402
 
 PROG = "python -m preprocess"
 CLI_HINTS = {"blip_model": "Or pass its folder with --blip-model."}
@@ -78,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None,
                    help="the folder models/BLIP and models/opencv are looked for in when --blip-model or "
                         "--yunet-model is not given (default: $TI_TRAINER_DATA_DIR, else the current folder)")
+    add_threads_argument(p)
     return p
 
 
@@ -125,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     signals = (signal.SIGINT, signal.SIGTERM)  # SIGTERM (kill, systemd, Docker) stops like Ctrl-C
     previous = {sig: signal.signal(sig, on_interrupt) for sig in signals} if in_main_thread else {}
     try:
+        set_threads(args.threads)
         result = run_preprocess(config, progress=progress, should_stop=lambda: stop["requested"])
     except UserError as exc:
         _close(bar)

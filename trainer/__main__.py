@@ -23,6 +23,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
+from .cpu_env import add_threads_argument, apply_cpu_defaults, set_threads  # noqa: E402 (imports no torch)
+
+apply_cpu_defaults()  # passive OpenMP waits, huge-page allocations: before anything imports torch
 from .errors import UserError, with_hint  # noqa: E402
 
 # How this interface names the controls an error's sentence points at (the page names its checkboxes instead).
@@ -36,6 +39,7 @@ def add_common(parser, embeddings=True):
                              "$TI_TRAINER_DATA_DIR, else the current folder); relative folder flags start there too")
     parser.add_argument("--ckpt-dir", default=None, help="default: models/Stable-diffusion")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
+    add_threads_argument(parser)
     if embeddings:
         parser.add_argument("--embeddings-dir", default=None, help="default: embeddings")
 
@@ -144,6 +148,14 @@ def add_training_arguments(p, default_learn_rate: str):
     p.add_argument("--preview-cfg-scale", type=float)
     p.add_argument("--preview-seed", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
+                   help="compute precision (default: fp16 on CUDA, no on the CPU; bf16 works on both)")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                   help="recompute UNet activations in backward: less memory, slower steps")
+    p.add_argument("--latent-cache-dir", help="where encoded images are kept between runs "
+                                              "(default: <log dir>/latent_cache)")
+    p.add_argument("--latent-cache", action=argparse.BooleanOptionalAction,
+                   help="keep encoded images on disk between runs (default on; --no-latent-cache: memory only)")
     p.add_argument("--quiet", action="store_true", default=False)
 
 
@@ -181,7 +193,8 @@ def cmd_create_embedding(args):
 
 CONFIG_FIELDS = ("name", "dataset", "log_dir", "template", "learn_rate", "batch_size", "grad_accum", "width",
                  "height", "no_resize", "steps", "save_every", "preview_every", "alpha_weight", "png_embedding",
-                 "shuffle_tags", "tag_dropout", "latent_sampling", "clip_grad_mode", "clip_grad_value", "seed")
+                 "shuffle_tags", "tag_dropout", "latent_sampling", "clip_grad_mode", "clip_grad_value", "seed",
+                 "latent_cache", "latent_cache_dir", "mixed_precision", "gradient_checkpointing")
 
 
 def train_config_from_args(args, default_learn_rate: str | None = None):
@@ -214,7 +227,7 @@ def run_training(args, cfg, train):
     cfg.validate()
     folders = folders_from_args(args)
     cfg.log_dir = str(folders.resolve(cfg.log_dir)) if str(cfg.log_dir).strip() else cfg.log_dir
-    accelerator = make_accelerator(args.device or best_device(), cfg.grad_accum)
+    accelerator = make_accelerator(args.device or best_device(), cfg.grad_accum, cfg.mixed_precision)
     args.device = str(accelerator.device)
     ws = make_workspace(args)
     stop = threading.Event()
@@ -344,6 +357,7 @@ def main(argv=None) -> int:
     except SystemExit as e:  # --help, or a bad flag (already said in one line)
         return e.code if isinstance(e.code, int) else 2
     try:
+        set_threads(getattr(args, "threads", None))
         return COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {with_hint(e, CLI_HINTS)}", file=sys.stderr)

@@ -1,8 +1,10 @@
 """Training data: images + captions + a prompt template -> batches of cached latents and fresh prompts.
 
 Every image is VAE-encoded once, when the dataset is built (the expensive part of a step on a small GPU and
-the whole cost on a CPU); the loop then only draws batches from the cache.
+the whole cost on a CPU), and kept on disk by `trainer.latent_cache` so later runs and resumes skip it; the
+loop then only draws batches from memory.
 """
+import io
 import math
 import random
 import re
@@ -16,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import UserError
 from .image_files import list_images, read_caption
 from .sdxl import vae_precision
+from .latent_cache import CachedLatent, LatentCache, file_digest, vae_identity
 
 LEADING_NUMBERS = re.compile(r"^[-\d]+\s*")
 LATENT_SAMPLING = ("once", "deterministic", "random")
@@ -48,6 +51,7 @@ class DatasetReport:
     images: int = 0
     skipped: list = field(default_factory=list)  # [(file name, reason)]
     buckets: dict = field(default_factory=dict)  # (width, height) -> count
+    cached: int = 0  # images whose latents came from the on-disk cache
 
 
 def read_template(path: Path) -> list:
@@ -133,11 +137,16 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 class TextualInversionDataset:
-    """Cached latents and captions of one dataset folder, drawn in shuffled batches (one size per batch)."""
+    """Cached latents and captions of one dataset folder, drawn in shuffled batches (one size per batch).
+
+    Images are encoded one at a time (peak memory is one image's VAE pass, whatever the dataset) and kept in
+    the on-disk latent cache (`trainer.latent_cache`) under `cache_dir`; with `cache_dir=None` they are kept
+    in memory for this run only. A warm start reads each image's bytes (for its hash) and its cache file,
+    nothing more."""
 
     def __init__(self, model, folder, width=512, height=512, resize=True, latent_sampling="once",
-                 use_alpha_weight=False, word_regex="", join_string=" ", seed=0, encode_batch=4,
-                 progress=None, should_stop=None):
+                 use_alpha_weight=False, word_regex="", join_string=" ", seed=0, progress=None, should_stop=None,
+                 cache_dir=None):
         if latent_sampling not in LATENT_SAMPLING:
             raise UserError(f"Latent sampling method must be one of {', '.join(LATENT_SAMPLING)}, not {latent_sampling!r}.")
         if resize and (width % 8 or height % 8 or not 64 <= width <= 2048 or not 64 <= height <= 2048):
@@ -147,28 +156,42 @@ class TextualInversionDataset:
         self.report = DatasetReport()
         self.samples = []
         generator = torch.Generator().manual_seed(seed)
-        pending = []  # images of one size waiting for a VAE batch
+        cache = LatentCache(cache_dir, vae_identity(model.vae))
+        self.cache_folder = cache.folder
+        vsf = model.vae_scale_factor
+        channels = model.vae.config.latent_channels
+        size_setting = f"resize {width}x{height}" if resize else "own size, trimmed to multiples of 8"
+        expected_hw = (height // vsf, width // vsf) if resize else None
         paths = list_images(folder)
         for i, path in enumerate(paths):
             if should_stop and should_stop():
                 break
             try:
-                image = open_image(path)
-                original_size = (image.height, image.width)
-                image = fit_image(image, width, height, resize)
-            except ImageTooSmall as e:
-                self.report.skipped.append((path.name, str(e)))
+                content = path.read_bytes()
+            except OSError as e:
+                self.report.skipped.append((path.name, f"cannot be read ({e.strerror or e.__class__.__name__})"))
                 continue
-            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-                self.report.skipped.append((path.name, f"cannot be read as an image ({e.__class__.__name__})"))
-                continue
-            pending.append((path, image, filewords_for(path, word_regex, join_string), original_size))
-            if len(pending) >= encode_batch:
-                self._encode(pending, use_alpha_weight, generator)
-                pending = []
+            key = LatentCache.key(file_digest(content), size_setting, cache.vae_id)
+            entry = cache.load(key, channels, expected_hw)
+            if entry is not None:
+                self.report.cached += 1
+            else:
+                try:
+                    image = open_image(io.BytesIO(content))
+                    original_size = (image.height, image.width)
+                    image = fit_image(image, width, height, resize)
+                except ImageTooSmall as e:
+                    self.report.skipped.append((path.name, str(e)))
+                    continue
+                except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+                    self.report.skipped.append((path.name, f"cannot be read as an image ({e.__class__.__name__})"))
+                    continue
+                entry = self._encode(image, original_size)
+                del image
+                cache.store(key, entry, path.name)
+            self._add(path, filewords_for(path, word_regex, join_string), entry, use_alpha_weight, generator)
             if progress:
                 progress({"type": "dataset", "done": i + 1, "total": len(paths)})
-        self._encode(pending, use_alpha_weight, generator)
         if not self.samples:
             reason = f" ({len(self.report.skipped)} unreadable files)" if self.report.skipped else ""
             raise UserError(f"Dataset directory {folder} has no images to train on{reason}.")
@@ -176,32 +199,31 @@ class TextualInversionDataset:
         self.buckets = {}
         for index, sample in enumerate(self.samples):
             self.buckets.setdefault(tuple(sample.latent.shape[1:]), []).append(index)
-        vsf = model.vae_scale_factor
         self.report.buckets = {(w * vsf, h * vsf): len(v) for (h, w), v in self.buckets.items()}
 
-    @torch.no_grad()
-    def _encode(self, items, use_alpha_weight, generator):
-        by_size = {}
-        for item in items:
-            by_size.setdefault(item[1].size, []).append(item)
+    @torch.inference_mode()
+    def _encode(self, image: Image.Image, original_size: tuple) -> CachedLatent:
+        """One image through the VAE encoder, in the VAE's own dtype (outside any autocast)."""
         vae = self.model.vae
-        for group in by_size.values():
-            pixels = torch.stack([to_tensor(image) for _, image, _, _ in group])
-            with vae_precision(self.model):
-                pixels = pixels.to(self.model.device, dtype=next(vae.parameters()).dtype)
-                dist = vae.encode(pixels).latent_dist
-            mean = dist.mean.float().cpu() * self.model.latent_scale
-            std = dist.std.float().cpu() * self.model.latent_scale
-            for j, (path, image, words, original_size) in enumerate(group):
-                sample = Sample(path, words, mean[j].clone(), original_size=original_size)
-                if self.latent_sampling == "once":
-                    noise = torch.randn(mean[j].shape, generator=generator)
-                    sample.latent = mean[j] + std[j] * noise
-                elif self.latent_sampling == "random":
-                    sample.latent_std = std[j].clone()
-                if use_alpha_weight:
-                    sample.weight = alpha_weight(image, sample.latent.shape)
-                self.samples.append(sample)
+        with vae_precision(self.model):
+            pixels = to_tensor(image)[None].to(self.model.device, dtype=next(vae.parameters()).dtype)
+            dist = vae.encode(pixels).latent_dist
+        mean = dist.mean[0].float().cpu() * self.model.latent_scale
+        std = dist.std[0].float().cpu() * self.model.latent_scale
+        weight = alpha_weight(image, mean.shape)
+        return CachedLatent(mean.clone(), std.clone(), weight[0].clone() if weight is not None else None,
+                            original_size)
+
+    def _add(self, path, words, entry: CachedLatent, use_alpha_weight, generator):
+        sample = Sample(path, words, entry.mean, original_size=entry.original_size)
+        if self.latent_sampling == "once":
+            noise = torch.randn(entry.mean.shape, generator=generator)
+            sample.latent = entry.mean + entry.std * noise
+        elif self.latent_sampling == "random":
+            sample.latent_std = entry.std
+        if use_alpha_weight and entry.alpha_weight is not None:
+            sample.weight = entry.alpha_weight.expand(entry.mean.shape).clone()
+        self.samples.append(sample)
 
     def __len__(self):
         return len(self.samples)

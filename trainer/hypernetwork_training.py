@@ -26,6 +26,7 @@ from .locks import training_lock
 from .hypernetwork import (HypernetworkFolder, HypernetworkReadError, context_widths, list_hypernetworks,
                            load_optimizer_state, read_hypernetwork, save_hypernetwork, save_optimizer_state)
 from .hypernetwork_attention import apply_hypernetworks, extract_hypernetwork_tags
+from .precision import training_precision
 from .sampling import save_png_with_infotext, txt2img
 from .sdxl import refuse_sdxl_hypernetwork_training
 from .train_config import TrainConfig
@@ -105,7 +106,10 @@ def _train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir
         warnings.append(f"Modules {unused} of '{cfg.name}' match no attention width of this model "
                         f"({widths}); they stay as they are.")
     start_step = hypernetwork.step or 0
-    run = start_run(model, cfg, start_step, "Hypernetwork", accelerator, warnings, emit, should_stop)
+    if cfg.gradient_checkpointing:  # its attention processors follow the calling thread; recomputation may not
+        warnings.append("Gradient checkpointing applies to embedding training; hypernetworks train without it.")
+    run = start_run(model, cfg, start_step, "Hypernetwork", accelerator, warnings, emit, should_stop,
+                    checkpointing=False)
     accelerator, seed, rng, generator = run.accelerator, run.seed, run.rng, run.generator
     lr_schedule, clip_schedule, dataset = run.lr_schedule, run.clip_schedule, run.dataset
     is_main = accelerator.is_main_process
@@ -171,11 +175,12 @@ def _train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir
                       preview=preview,
                       before_optimizer_step=average_gradients if accelerator.num_processes > 1 else None)
     try:
-        outcome = run_training_loop(
-            cfg, parts, accelerator=accelerator, optimizer=optimizer, dataset=dataset,
-            template_lines=template_lines, rng=rng, generator=generator, lr_schedule=lr_schedule,
-            clip_schedule=clip_schedule, start_step=start_step, log_dir=log_dir, csv_name="hypernetwork_loss.csv",
-            emit=emit, should_stop=should_stop)
+        with training_precision(model, accelerator, run.checkpointing):  # frozen weights' dtype on CUDA
+            outcome = run_training_loop(
+                cfg, parts, accelerator=accelerator, optimizer=optimizer, dataset=dataset,
+                template_lines=template_lines, rng=rng, generator=generator, lr_schedule=lr_schedule,
+                clip_schedule=clip_schedule, start_step=start_step, log_dir=log_dir,
+                csv_name="hypernetwork_loss.csv", emit=emit, should_stop=should_stop)
     finally:
         hypernetwork.eval().requires_grad_(False)
     status, step, last_good = outcome.status, outcome.step, outcome.last_good

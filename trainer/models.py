@@ -109,13 +109,15 @@ def checkpoint_hash(path: str | os.PathLike) -> str:
     For a diffusers folder: the hash of its UNet weights file (the part that identifies a fine-tune), or of
     its configs when there is none.
     """
+    from trainer.hash_cache import cached_sha256  # remembered by path, size and mtime
+
     path = Path(path)
     if path.is_file():
-        return file_sha256(path)[:10]
+        return cached_sha256(path)[:10]
     unet_files = sorted((path / "unet").glob("diffusion_pytorch_model*.safetensors")) or sorted(
         (path / "unet").glob("diffusion_pytorch_model*.bin"))
     if unet_files:
-        return file_sha256(unet_files[0])[:10]
+        return cached_sha256(unet_files[0])[:10]
     configs = b"".join(p.read_bytes() for p in sorted(path.rglob("*.json")))
     return hashlib.sha256(configs).hexdigest()[:10]
 

@@ -181,9 +181,18 @@ def _decode(model: SDModel, latents: torch.Tensor) -> Image.Image:
     shift = getattr(model.vae.config, "shift_factor", None)
     if shift:
         latents = latents + shift
-    with vae_precision(model):
-        vae_dtype = next(model.vae.parameters()).dtype
-        pixels = model.vae.decode(latents.to(vae_dtype)).sample.float()
+    vae = model.vae
+    # the VAE decodes in its own dtype (fp32 as loaded; SDXL's always in fp32), outside any autocast
+    with vae_precision(model), torch.autocast(model.device.type, enabled=False):
+        vae_dtype = next(vae.parameters()).dtype
+        pixels = vae.decode(latents.to(vae_dtype)).sample.float()
+        if vae_dtype != torch.float32 and not torch.isfinite(pixels).all():
+            # SD's VAE decoder overflows fp16 on some latents: decode this one again in fp32.
+            vae.to(dtype=torch.float32)
+            try:
+                pixels = vae.decode(latents.float()).sample.float()
+            finally:
+                vae.to(dtype=vae_dtype)
     pixels = ((pixels[0] / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
 
@@ -257,10 +266,12 @@ def txt2img(
     params = validate_params(params)
     prompt, hypernetwork_stack = resolve_prompt_hypernetworks(params.prompt, hypernetworks)
     first_seed = params.seed if params.seed != -1 else secrets.randbelow(RANDOM_SEED_BOUND)
-    autocast = (torch.autocast("cuda", dtype=model.dtype)
-                if model.device.type == "cuda" and model.dtype != torch.float32 else nullcontext())
+    held = next(model.unet.parameters()).dtype  # a training run may hold the UNet in bf16 (trainer/precision.py)
+    compute = held if held != torch.float32 else model.dtype
+    autocast = (torch.autocast("cuda", dtype=compute)
+                if model.device.type == "cuda" and compute != torch.float32 else nullcontext())
     results = []
-    with torch.no_grad(), autocast:
+    with torch.inference_mode(), autocast:  # (also inside a training run: nothing here keeps a graph)
         plan = ConditioningPlan.build(prompt, params.negative_prompt, params.steps)
         if getattr(model, "is_sdxl", False):
             encoder = prompt_encoder_for(model, embeddings, clip_skip=params.clip_skip)

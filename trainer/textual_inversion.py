@@ -16,6 +16,7 @@ from .embeddings import (Embedding, load_embeddings_dir, load_optimizer_state, s
                          write_image_embedding)
 from .errors import UserError
 from .locks import training_lock
+from .precision import training_precision
 from .sampling import save_png_with_infotext, txt2img
 from .sdxl import batch_time_ids, prompt_encoder_for, unet_inputs
 from .train_config import TrainConfig
@@ -122,10 +123,12 @@ def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, oth
     # --- loop --------------------------------------------------------------------------------------------
     parts = LoopParts(trainable, [raw_trainable.vectors], compute_loss,
                       snapshot=lambda: raw_trainable.vectors.detach().clone(), save_copy=save_copy, preview=preview)
-    outcome = run_training_loop(
-        cfg, parts, accelerator=accelerator, optimizer=optimizer, dataset=dataset, template_lines=template_lines,
-        rng=rng, generator=generator, lr_schedule=lr_schedule, clip_schedule=clip_schedule, start_step=start_step,
-        log_dir=log_dir, csv_name="textual_inversion_loss.csv", emit=emit, should_stop=should_stop)
+    with training_precision(model, accelerator, run.checkpointing):  # frozen weights' dtype, checkpointing
+        outcome = run_training_loop(
+            cfg, parts, accelerator=accelerator, optimizer=optimizer, dataset=dataset, template_lines=template_lines,
+            rng=rng, generator=generator, lr_schedule=lr_schedule, clip_schedule=clip_schedule,
+            start_step=start_step, log_dir=log_dir, csv_name="textual_inversion_loss.csv", emit=emit,
+            should_stop=should_stop)
     status, step, last_good = outcome.status, outcome.step, outcome.last_good
 
     # --- save what was learned -----------------------------------------------------------------------------

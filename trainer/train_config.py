@@ -8,6 +8,9 @@ from pathlib import Path
 from .errors import UserError
 
 
+MIXED_PRECISION_CHOICES = ("", "no", "fp16", "bf16")  # "": the device's default
+
+
 @dataclass
 class PreviewSettings:
     """How previews are made; `prompt` empty means "the batch's first caption" (the reference's default)."""
@@ -49,6 +52,11 @@ class TrainConfig:
     word_regex: str = ""
     join_string: str = " "
     loss_csv_every: int = 1
+    # speed and memory (trainer/latent_cache.py, trainer/precision.py)
+    latent_cache: bool = True  # keep encoded images on disk across runs
+    latent_cache_dir: str = ""  # "": <log_dir>/latent_cache
+    mixed_precision: str = ""  # "": fp16 on CUDA, no elsewhere; or "no" | "fp16" | "bf16"
+    gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, slower steps
     preview: PreviewSettings | None = None  # None: the reference's default preview
     model: str = ""  # informational: the checkpoint the settings were made with
 
@@ -71,8 +79,20 @@ class TrainConfig:
             raise UserError(f"Tag dropout must be between 0 and 1, not {self.tag_dropout}.")
         if self.clip_grad_mode not in ("disabled", "value", "norm"):
             raise UserError(f"Gradient clipping must be disabled, value or norm, not {self.clip_grad_mode!r}.")
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise UserError(f"Mixed precision must be no, fp16 or bf16, not {self.mixed_precision!r}.")
         if not str(self.dataset).strip():
             raise UserError("Dataset directory is empty; point it at a folder of images.")
+
+    def latent_cache_folder(self):
+        """Where encoded images are kept between runs (None: in memory for this run only)."""
+        from .latent_cache import default_cache_dir
+
+        if not self.latent_cache:
+            return None
+        if str(self.latent_cache_dir).strip():
+            return Path(self.latent_cache_dir)
+        return default_cache_dir(self.log_dir)
 
     def to_json(self) -> dict:
         # "preview_from_txt2img": the Train tab's "Read parameters ... from txt2img tab", named as the reference does

@@ -21,6 +21,7 @@ from .dataset import TextualInversionDataset, build_prompt
 from .errors import UserError
 from .files import atomic_write_text
 from .loss_history import epoch_of, read_loss_history
+from .precision import resolve_mixed_precision, weights_note
 from .sampling import Txt2ImgParams, validate_params
 from .schedule import parse_schedule
 from .train_config import PreviewSettings
@@ -49,11 +50,28 @@ def resolve_template(templates_dir, template: str) -> Path:
     return path
 
 
-def make_accelerator(device: str, grad_accum: int) -> Accelerator:
-    """fp16 autocast with a grad scaler on CUDA (bf16 where supported would also do); fp32 elsewhere."""
+def make_accelerator(device: str, grad_accum: int, mixed_precision: str = "") -> Accelerator:
+    """Autocast in the run's precision (`trainer.precision`: fp16 with a grad scaler by default on CUDA, fp32
+    by default elsewhere, bf16 on request)."""
     device = str(device)
-    mixed = "fp16" if device.startswith("cuda") else "no"
+    mixed = resolve_mixed_precision(mixed_precision, device)
+    allow_precision_change(mixed)
     return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed, cpu=device == "cpu")
+
+
+def allow_precision_change(mixed: str):
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another precision; the app
+    and the tests train with different settings in one process. A single process forgets the old choice (its
+    `_reset_state` is accelerate's own way to do so); under `accelerate launch` the launch decides."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if not state or state.get("_mixed_precision") == mixed:
+        return
+    if PartialState().num_processes > 1:
+        raise UserError(f"This run was launched with {state.get('_mixed_precision')} mixed precision; "
+                        f"set the same in the training settings (not {mixed}).")
+    AcceleratorState._reset_state()
 
 
 def build_dataset(model, cfg, seed: int, emit, should_stop, warnings: list) -> TextualInversionDataset:
@@ -62,11 +80,14 @@ def build_dataset(model, cfg, seed: int, emit, should_stop, warnings: list) -> T
     dataset = TextualInversionDataset(
         model, cfg.dataset, cfg.width, cfg.height, resize=not cfg.no_resize,
         latent_sampling=cfg.latent_sampling, use_alpha_weight=cfg.alpha_weight, word_regex=cfg.word_regex,
-        join_string=cfg.join_string, seed=seed, progress=emit, should_stop=should_stop)
+        join_string=cfg.join_string, seed=seed, progress=emit, should_stop=should_stop,
+        cache_dir=cfg.latent_cache_folder())
     for file_name, reason in dataset.report.skipped:
         warnings.append(f"Skipped {file_name}: {reason}.")
+    cached = (f" ({dataset.report.cached} from the latent cache in {dataset.cache_folder})"
+              if dataset.cache_folder is not None else "")
     skipped = "".join(f"; skipped {file_name} ({reason})" for file_name, reason in dataset.report.skipped)
-    emit({"type": "message", "text": f"Dataset: {len(dataset)} images{skipped}."})
+    emit({"type": "message", "text": f"Dataset: {len(dataset)} images{cached}{skipped}."})
     return dataset
 
 
@@ -309,16 +330,20 @@ class RunStart:
     rng: random.Random
     generator: torch.Generator
     dataset: TextualInversionDataset
+    checkpointing: bool = False  # UNet gradient checkpointing for this run (`trainer.precision`)
 
 
-def start_run(model, cfg, start_step: int, what: str, accelerator, warnings: list, emit, should_stop) -> RunStart:
+def start_run(model, cfg, start_step: int, what: str, accelerator, warnings: list, emit, should_stop,
+              checkpointing: bool | None = None) -> RunStart:
     """Schedules (a sentence for bad ones), the accelerator, seeded randomness, the warnings so far, and the
-    dataset with its latents cached."""
+    dataset with its latents cached. `checkpointing`: None follows the settings."""
     lr_schedule, clip_schedule = parse_schedules(cfg, start_step, what)
-    accelerator = accelerator or make_accelerator(model.device.type, cfg.grad_accum)
+    accelerator = accelerator or make_accelerator(model.device.type, cfg.grad_accum, cfg.mixed_precision)
+    checkpointing = cfg.gradient_checkpointing if checkpointing is None else checkpointing
     seed, rng, generator = seeded_randomness(cfg, accelerator)
     for message in warnings:
         emit({"type": "message", "text": "Warning: " + message})
+    emit({"type": "message", "text": weights_note(model, accelerator, checkpointing)})
     dataset = build_dataset(model, cfg, seed, emit, should_stop, warnings)
-    return RunStart(lr_schedule, clip_schedule, accelerator, seed, rng, generator, dataset)
+    return RunStart(lr_schedule, clip_schedule, accelerator, seed, rng, generator, dataset, checkpointing)
 

@@ -71,6 +71,16 @@ def build(ws) -> SimpleNamespace:
                                  info="How each image is turned into latents once, before training: once = one "
                                       "random sample, kept; deterministic = the average (no noise); random = a new "
                                       "sample at every use (more variety).")
+    with gr.Accordion("Speed and memory", open=False, elem_id="train_speed_memory"):
+        with gr.Row():
+            c.mixed_precision = gr.Dropdown(label="Mixed precision", choices=list(MIXED_PRECISION_CHOICES), value="",
+                                            elem_id="train_mixed_precision")
+            c.gradient_checkpointing = gr.Checkbox(
+                label="Gradient checkpointing (less GPU memory, slower steps; embeddings only)", value=False,
+                elem_id="train_gradient_checkpointing")
+        c.latent_cache_dir = gr.Textbox(
+            label="Latent cache directory (encoded images kept between runs; delete it to clear)",
+            placeholder="<log directory>/latent_cache", value="", elem_id="train_latent_cache_dir")
     with gr.Row():
         c.settings_file = gr.Dropdown(label="Training settings to load", choices=[], allow_custom_value=True,
                                       elem_id="train_settings_file", scale=4)
@@ -87,12 +97,16 @@ def build(ws) -> SimpleNamespace:
         ("height", c.height), ("no_resize", c.no_resize), ("steps", c.steps), ("preview_every", c.preview_every),
         ("save_every", c.save_every), ("alpha_weight", c.alpha_weight), ("png_embedding", c.png_embedding),
         ("shuffle_tags", c.shuffle_tags), ("tag_dropout", c.tag_dropout), ("latent_sampling", c.latent_sampling),
+        ("mixed_precision", c.mixed_precision), ("gradient_checkpointing", c.gradient_checkpointing),
+        ("latent_cache_dir", c.latent_cache_dir),
     ]
     return c
 
 
 SCHEDULE_HINT = ("A number, or rate:step pairs like 5e-2:100, 5e-3:500, 5e-6 (0.05 until step 100, then 0.005 "
                  "until 500, then 5e-6).")
+MIXED_PRECISION_CHOICES = (("device default (fp16 on a GPU, no on the CPU)", ""), ("no (fp32)", "no"),
+                           ("fp16 (GPU)", "fp16"), ("bf16", "bf16"))
 INTEGER_FIELDS = {"batch_size", "grad_accum", "width", "height", "steps", "preview_every", "save_every"}
 
 
@@ -104,6 +118,8 @@ def config_from_form(values: dict, preview: PreviewSettings | None) -> TrainConf
     values["name"] = values["name"] or ""
     values["template"] = values["template"] or ""
     values["dataset"] = (values["dataset"] or "").strip()
+    values["mixed_precision"] = values.get("mixed_precision") or ""
+    values["latent_cache_dir"] = (values.get("latent_cache_dir") or "").strip()
     return TrainConfig(**values, preview=preview)
 
 
