@@ -36,7 +36,7 @@ def server(tmp_path_factory):
     with running_app(folder, "--api", "--api-auth", f"{USER}:{PASSWORD}") as url:
         created = requests.post(url + API + "/create/embedding", auth=(USER, PASSWORD), timeout=300,
                                 json={"name": "toy", "num_vectors_per_token": 2, "init_text": "toy"})
-        assert created.json() == {"info": "create embedding filename: embeddings/toy.pt"}
+        assert created.json() == {"info": f"create embedding filename: {folder / 'embeddings' / 'toy.pt'}"}
         yield url, folder
 
 
@@ -89,7 +89,7 @@ def test_embedding_in_prompt_is_honoured(api, server):
     _, folder = server
     created = api.custom_post("sdapi/v1/create/embedding",
                               {"name": "dogvec", "num_vectors_per_token": 1, "init_text": "dog"})
-    assert created.info == "create embedding filename: embeddings/dogvec.pt"
+    assert created.info == f"create embedding filename: {folder / 'embeddings' / 'dogvec.pt'}"
     assert (folder / "embeddings" / "dogvec.pt").is_file()
     loaded = api.get_embeddings()["loaded"]
     assert loaded["dogvec"]["vectors"] == 1 and loaded["dogvec"]["step"] == 0
@@ -174,8 +174,8 @@ def test_train_while_another_connection_polls_progress(api, server):
         thread.join()
 
     path = folder / "embeddings" / "toy.pt"
-    assert result.info == (f"train embedding complete: filename: embeddings/toy.pt error: None. "
-                           f"Training finished at 16 steps. Embedding saved to embeddings/toy.pt.")
+    assert result.info == (f"train embedding complete: filename: {path} error: None. "
+                           f"Training finished at 16 steps. Embedding saved to {path}.")
     assert read_embedding_file(path).step == 16
 
     training = [p for p in seen if p["state"]["job"] == "train-embedding"]
@@ -221,8 +221,9 @@ def test_interrupt_saves_and_says_so(api, server):
     info = outcome["result"].info
     step = read_embedding_file(folder / "embeddings" / "toy.pt").step
     assert step > 16
-    assert info == (f"train embedding interrupted: filename: embeddings/toy.pt error: None. "
-                    f"Training interrupted at {step} steps. Embedding saved to embeddings/toy.pt.")
+    path = folder / "embeddings" / "toy.pt"
+    assert info == (f"train embedding interrupted: filename: {path} error: None. "
+                    f"Training interrupted at {step} steps. Embedding saved to {path}.")
     after = api.get_progress()
     assert after["state"]["interrupted"] is True and after["state"]["job_count"] == 0
     # asking for fewer steps than it already has is refused before anything starts
@@ -266,7 +267,7 @@ def test_a_failed_run_says_why(api, server):
         "embedding_name": "wild", "data_root": "data", "log_directory": "logs", "steps": 50,
         "create_image_every": 0, "save_embedding_every": 0, "learn_rate": "1e38", **SMALL})
     # (the optimizer overflows at once, or the loss turns NaN: either way the run stops and says so)
-    assert result.info.startswith("train embedding failed: filename: embeddings/wild.pt error: Training ")
+    assert result.info.startswith(f"train embedding failed: filename: {folder / 'embeddings' / 'wild.pt'} error: Training ")
     assert "Training failed at step 1: " in result.info or "NaN or infinite" in result.info
     assert "error: None" not in result.info
     assert read_embedding_file(folder / "embeddings" / "wild.pt").step == 0  # the created file is untouched
