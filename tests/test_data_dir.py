@@ -1,5 +1,7 @@
 """One data folder for the app and the CLI: --data-dir / $TI_TRAINER_DATA_DIR, absolute paths printed, notes
 about embeddings a prompt meant and will not get."""
+from pathlib import Path
+
 from app import parse_args
 from helpers_cli import run_cli
 from trainer.embeddings import read_embedding_file
@@ -31,8 +33,9 @@ def test_cli_writes_under_the_data_dir_and_prints_absolute_paths(tmp_path):
     code, out, err = run_cli(["txt2img", "--prompt", "a photo of my-cot", "--steps", 1, "--width", 64, "--height", 64,
                               "--data-dir", data], elsewhere)
     assert code == 0, err
-    written = data.resolve() / "outputs" / "txt2img.png"
-    assert out.splitlines()[0] == str(written) and written.is_file()
+    written = Path(out.splitlines()[0])  # numbered on, like the txt2img tab: outputs/txt2img-images/<date>/
+    assert written.is_absolute() and written.is_file()
+    assert written.parent.parent == data.resolve() / "outputs" / "txt2img-images"
     assert "'my-cot' looks like an embedding name" in err and "did you mean 'my-cat'" in err
 
     code, _, err = run_cli(["txt2img", "--prompt", "a cat", "--steps", 1, "--width", 64, "--height", 64,

@@ -68,14 +68,14 @@ def test_writes_follow_the_umask_and_keep_an_existing_files_mode(tmp_path, work,
 def test_overwrite_replaces_the_file_where_it_is(work):
     assert run_cli(["create-embedding", "--name", "deep", "--embeddings-dir", "embeddings/a/b"], work)[0] == 0
     code, out, _ = run_cli(["create-embedding", "--name", "deep", "--vectors", 3, "--overwrite"], work)
-    assert code == 0 and out.strip() == "Created: embeddings/a/b/deep.pt"
+    assert code == 0 and out.strip() == f"Created: {(work / 'embeddings/a/b/deep.pt').resolve()}"
     assert sorted(p.relative_to(work).as_posix() for p in (work / "embeddings").rglob("*.pt")) == [
         "embeddings/a/b/deep.pt"]
     assert read_embedding_file(work / "embeddings/a/b/deep.pt").num_vectors == 3
     assert run_cli(["create-hypernetwork", "--name", "hn", "--hypernetwork-dir", "models/hypernetworks/x"],
                    work)[0] == 0
     code, out, _ = run_cli(["create-hypernetwork", "--name", "hn", "--overwrite"], work)
-    assert code == 0 and out.strip() == "Created: models/hypernetworks/x/hn.pt"
+    assert code == 0 and out.strip() == f"Created: {(work / 'models/hypernetworks/x/hn.pt').resolve()}"
 
 
 # --- a failed checkpoint switch -------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def test_a_second_trainer_in_another_process_is_refused_and_sigterm_saves(work):
         first.send_signal(signal.SIGTERM)
         out, err = first.communicate(timeout=120)
     assert first.returncode == 130, err
-    assert out.startswith("Training interrupted at ") and "Embedding saved to embeddings/cat.pt." in out
+    assert out.startswith("Training interrupted at ") and f"Embedding saved to {(work / 'embeddings/cat.pt').resolve()}." in out
     saved = read_embedding_file(work / "embeddings" / "cat.pt")
     assert saved.step == int(out.split()[3]) > 0
     assert not lock_path(work / "embeddings", "cat").exists()
@@ -185,7 +185,7 @@ def test_a_settings_file_without_name_and_dataset_takes_them_from_the_flags(work
     code, out, err = run_cli(["train-embedding", "--settings", "partial.json", "--name", "cat", "--dataset", "data",
                               "--quiet"], work)
     assert code == 0, err
-    assert out.strip() == "Training finished at 3 steps. Embedding saved to embeddings/cat.pt."
+    assert out.strip() == f"Training finished at 3 steps. Embedding saved to {(work / 'embeddings/cat.pt').resolve()}."
 
 
 # --- txt2img outputs --------------------------------------------------------------------------------------------

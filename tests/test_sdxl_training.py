@@ -28,7 +28,7 @@ def test_cli_trains_both_encoders_with_every_option_then_resumes(work, sdxl_file
     xl = model_args(sdxl_files)
     Image.new("RGBA", (80, 64), (200, 10, 10, 128)).save(work / "data" / "odd size.png")  # a second bucket
     code, out, err = run_cli(["create-embedding", "--name", "cat", "--init-text", "a cat", "--vectors", 2, *xl], work)
-    assert code == 0 and out.strip() == "Created: embeddings/cat.safetensors", err
+    assert code == 0 and out.strip() == f"Created: {(work / 'embeddings/cat.safetensors').resolve()}", err
     start = read_embedding_file(work / "embeddings" / "cat.safetensors")
 
     code, out, err = run_cli(["train-embedding", "--name", "cat", "--dataset", "data", "--steps", 4,
@@ -38,7 +38,7 @@ def test_cli_trains_both_encoders_with_every_option_then_resumes(work, sdxl_file
                               "--latent-sampling", "random", "--no-resize", "--alpha-weight",
                               "--template", "style_filewords.txt", *SMALL, *xl], work)
     assert code == 0, err
-    assert out.strip() == "Training finished at 4 steps. Embedding saved to embeddings/cat.safetensors."
+    assert out.strip() == f"Training finished at 4 steps. Embedding saved to {(work / 'embeddings/cat.safetensors').resolve()}."
     tensors = load_file(str(work / "embeddings" / "cat.safetensors"))
     assert sorted(tensors) == ["clip_g", "clip_l"] and tensors["clip_l"].shape == (2, 32) and tensors["clip_g"].shape == (2, 48)
     final = read_embedding_file(work / "embeddings" / "cat.safetensors")
