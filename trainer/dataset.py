@@ -27,6 +27,12 @@ class Sample:
     latent: torch.Tensor  # [4, h, w]: the kept sample ("once"), or the posterior mean
     latent_std: torch.Tensor | None = None  # kept only for "random": re-sampled every time
     weight: torch.Tensor | None = None  # [4, h, w] loss weight from the PNG alpha channel
+    mean: torch.Tensor | None = None  # the posterior mean when `latent` is a sample ("once"); see `posterior_mean`
+
+    @property
+    def posterior_mean(self) -> torch.Tensor:
+        """The image's latent without sampling noise: what does not depend on the training seed."""
+        return self.mean if self.mean is not None else self.latent
 
 
 @dataclass
@@ -172,11 +178,28 @@ class TextualInversionDataset:
             reason = f" ({len(self.report.skipped)} unreadable files)" if self.report.skipped else ""
             raise UserError(f"Dataset directory {folder} has no images to train on{reason}.")
         self.report.images = len(self.samples)
+        self._index_buckets()
+
+    def _index_buckets(self):
         self.buckets = {}
         for index, sample in enumerate(self.samples):
             self.buckets.setdefault(tuple(sample.latent.shape[1:]), []).append(index)
-        vsf = model.vae_scale_factor
+        vsf = self.model.vae_scale_factor
         self.report.buckets = {(w * vsf, h * vsf): len(v) for (h, w), v in self.buckets.items()}
+
+    def hold_out(self, share: float) -> list:
+        """Take a share of the images out of training and return them (for validation): evenly spread over the
+        files in name order, so the same images whatever the seed. At least one image stays to train on."""
+        count = max(1, round(share * len(self.samples)))
+        if count >= len(self.samples):
+            raise UserError(f"Holding out {share:g} of {len(self.samples)} images for validation leaves none to "
+                            "train on; lower the validation share or add images.")
+        picked = {int((i + 0.5) * len(self.samples) / count) for i in range(count)}
+        held = [s for i, s in enumerate(self.samples) if i in picked]
+        self.samples = [s for i, s in enumerate(self.samples) if i not in picked]
+        self.report.images = len(self.samples)
+        self._index_buckets()
+        return held
 
     @torch.no_grad()
     def _encode(self, items, use_alpha_weight, generator):
@@ -195,6 +218,7 @@ class TextualInversionDataset:
                 if self.latent_sampling == "once":
                     noise = torch.randn(mean[j].shape, generator=generator)
                     sample.latent = mean[j] + std[j] * noise
+                    sample.mean = mean[j].clone()
                 elif self.latent_sampling == "random":
                     sample.latent_std = std[j].clone()
                 if use_alpha_weight:

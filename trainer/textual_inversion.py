@@ -19,6 +19,8 @@ from .train_config import TrainConfig
 from .training_common import (LoopParts, TrainResult, denoising_loss, end_message, prepare_log_dir, preview_params,
                               report_data_parallel, resolve_template, restore_optimizer_state, run_training_loop,
                               start_run)
+from .validation import read_rows, start_validation
+from .vector_health import VectorHealth, init_norms_from
 
 
 class TrainableVectors(torch.nn.Module):
@@ -87,15 +89,16 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
     noise_scheduler = DDPMScheduler.from_config(model.scheduler_config)
     encoder = PromptEncoder(model.tokenizer, model.text_encoder, {**others, cfg.name: raw_trainable.vectors})
 
-    def compute_loss(batch, prompts):
-        def predict(noisy, timesteps):
-            with accelerator.autocast():
-                return model.unet(noisy, timesteps, encoder(prompts)).sample
+    def predict(noisy, timesteps, prompts):
+        with accelerator.autocast():
+            return model.unet(noisy, timesteps, encoder(prompts)).sample
 
+    def compute_loss(batch, prompts):
         vectors = trainable()  # through the (possibly DDP-wrapped) module, so gradients are synchronised
         # A prompt without the embedding (a template line with no [name]) still gives the vectors a (zero)
         # gradient, so backward works and every data-parallel process joins the gradient all-reduce.
-        return denoising_loss(noise_scheduler, batch, generator, accelerator.device, predict) + 0.0 * vectors.sum()
+        return denoising_loss(noise_scheduler, batch, generator, accelerator.device,
+                              lambda noisy, timesteps: predict(noisy, timesteps, prompts)) + 0.0 * vectors.sum()
 
     def current_embedding(vectors, step):
         return Embedding(cfg.name, vectors.detach().float().cpu().clone(), step, model.checkpoint_hash,
@@ -107,13 +110,24 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
     def preview(vectors, step, caption):
         make_preview(model, cfg, current_embedding(vectors, step), others, caption, log_dir, emit)
 
+    # --- validation: a fixed set's loss, vector health, the best copy, early stop (trainer.validation) ------
+    health = VectorHealth(model.text_encoder.get_input_embeddings().weight,
+                          *init_norms_from(read_rows(log_dir and log_dir / "validation.csv"), embedding.vectors,
+                                           start_step))
+    validation = start_validation(
+        cfg, run.validation_samples, template_lines, noise_scheduler, model.checkpoint_hash, predict,
+        describe=health, save_best=lambda vectors, step, path: save_embedding(current_embedding(vectors, step), path),
+        log_dir=log_dir, best_file=log_dir and log_dir / "embeddings" / f"{cfg.name}-best.pt", emit=emit,
+        start_step=start_step, accelerator=accelerator)
+
     # --- loop --------------------------------------------------------------------------------------------
     parts = LoopParts(trainable, [raw_trainable.vectors], compute_loss,
                       snapshot=lambda: raw_trainable.vectors.detach().clone(), save_copy=save_copy, preview=preview)
     outcome = run_training_loop(
         cfg, parts, accelerator=accelerator, optimizer=optimizer, dataset=dataset, template_lines=template_lines,
         rng=rng, generator=generator, lr_schedule=lr_schedule, clip_schedule=clip_schedule, start_step=start_step,
-        log_dir=log_dir, csv_name="textual_inversion_loss.csv", emit=emit, should_stop=should_stop)
+        log_dir=log_dir, csv_name="textual_inversion_loss.csv", emit=emit, should_stop=should_stop,
+        validation=validation)
     status, step, last_good = outcome.status, outcome.step, outcome.last_good
 
     # --- save what was learned -----------------------------------------------------------------------------
@@ -127,7 +141,8 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
     report_data_parallel(accelerator, last_good.flatten(), emit, "vectors")
     accelerator.wait_for_everyone()
     saved = f"Embedding saved to {final_path}." if step > start_step else "No steps were made, nothing saved."
-    message = end_message(status, step, saved, outcome.error)
+    message = end_message(status, step, saved, outcome.error, stopped_early=outcome.stopped_early)
+    message += validation.summary() if validation is not None else ""
     emit({"type": "end", "status": status, "message": message, "step": step})
     return TrainResult(status, step, message, str(final_path) if final_path else None,
                        str(log_dir) if log_dir else None, warnings)

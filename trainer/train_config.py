@@ -48,6 +48,9 @@ class TrainConfig:
     word_regex: str = ""
     join_string: str = " "
     loss_csv_every: int = 1
+    validate_every: int = 100  # validation loss on a fixed set every N steps (and before the first), 0 = off
+    early_stop: int = 0  # stop when validation has not improved for K checks, 0 = off
+    validation_split: float = 0.0  # share of the images held out for validation, 0 = the training images
     preview: PreviewSettings | None = None  # None: the reference's default preview
     model: str = ""  # informational: the checkpoint the settings were made with
 
@@ -70,6 +73,12 @@ class TrainConfig:
             raise UserError(f"Tag dropout must be between 0 and 1, not {self.tag_dropout}.")
         if self.clip_grad_mode not in ("disabled", "value", "norm"):
             raise UserError(f"Gradient clipping must be disabled, value or norm, not {self.clip_grad_mode!r}.")
+        if self.validate_every < 0 or self.early_stop < 0:
+            raise UserError("Validate every N steps and the early stop's K checks must be 0 (off) or positive.")
+        if self.early_stop and not self.validate_every:
+            raise UserError("Early stop needs validation: set Validate every N steps above 0.")
+        if not 0 <= self.validation_split < 1:
+            raise UserError(f"Validation share must be at least 0 and below 1, not {self.validation_split}.")
         if not str(self.dataset).strip():
             raise UserError("Dataset directory is empty; point it at a folder of images.")
 
