@@ -67,6 +67,7 @@ def build_app(ws) -> gr.Blocks:
                 return (*[gr.skip()] * 6, gr.Timer(active=False), None)
             old = seen_before if seen_before and seen_before["id"] == snap["id"] else {}
             now = {"id": snap["id"], "state": snap["state"], "losses": len(snap["losses"]),
+                   "validations": len(snap["validations"]),
                    "previews": len(snap["previews"]), "messages": len(snap["messages"]),
                    "done": snap["latest"].get("done"), "prompt": snap["preview_prompt"], "error": snap["error"]}
             if now == old:
@@ -82,7 +83,8 @@ def build_app(ws) -> gr.Blocks:
             return (job_view.result_text(snap),
                     job_view.error_text(snap) if changed("error") else gr.skip(),
                     job_view.progress_html(snap),
-                    job_view.loss_frame(snap["losses"]) if changed("losses") else gr.skip(),
+                    job_view.loss_frame(snap["losses"], validations=snap["validations"])
+                    if changed("losses", "validations") else gr.skip(),
                     job_view.gallery_items(snap) if changed("previews") else gr.skip(),
                     parsed, gr.Timer(active=running), now)
 

@@ -7,8 +7,9 @@ import pandas as pd
 MAX_CHART_POINTS = 1500
 
 
-def loss_frame(losses: list, smoothing: float = 0.9) -> pd.DataFrame:
-    """Raw loss and its exponential moving average, thinned to at most MAX_CHART_POINTS per series."""
+def loss_frame(losses: list, smoothing: float = 0.9, validations: list = ()) -> pd.DataFrame:
+    """Raw loss and its exponential moving average, thinned to at most MAX_CHART_POINTS per series, and the
+    validation loss [(step, loss)] as a third series."""
     if not losses:
         return pd.DataFrame({"step": [], "loss": [], "series": []})
     steps = [s for s, _ in losses]
@@ -22,9 +23,9 @@ def loss_frame(losses: list, smoothing: float = 0.9) -> pd.DataFrame:
     if keep[-1] != len(steps) - 1:
         keep.append(len(steps) - 1)
     return pd.DataFrame({
-        "step": [steps[i] for i in keep] * 2,
-        "loss": [raw[i] for i in keep] + [smooth[i] for i in keep],
-        "series": ["raw"] * len(keep) + ["smoothed"] * len(keep),
+        "step": [steps[i] for i in keep] * 2 + [step for step, _ in validations],
+        "loss": [raw[i] for i in keep] + [smooth[i] for i in keep] + [loss for _, loss in validations],
+        "series": ["raw"] * len(keep) + ["smoothed"] * len(keep) + ["validation"] * len(validations),
     })
 
 
@@ -63,6 +64,7 @@ def progress_html(snap: dict | None) -> str:
     if "loss" in latest:
         rows.append(f"Loss: {latest['loss']:.6f} &middot; Learning rate: {latest['lr']:.3g} "
                     f"&middot; Epoch {latest.get('epoch', 0)}, step {latest.get('epoch_step', 0)}")
+    rows += validation_rows(snap.get("validation") or {})
     if snap["last_prompt"]:
         rows.append(f"Last prompt: <code>{html.escape(snap['last_prompt'])}</code>")
     if snap["saved_files"]:
@@ -71,6 +73,21 @@ def progress_html(snap: dict | None) -> str:
     for message in snap["messages"][-3:]:
         rows.append(html.escape(message))
     return "<div class='ti-progress'>" + "<br>".join(rows) + "</div>"
+
+
+def validation_rows(event: dict) -> list:
+    """The latest validation loss and the best so far; for embeddings, the vectors' norms beside the init words'
+    and a typical token's."""
+    if not event:
+        return []
+    rows = [f"Validation loss: {event['val_loss']:.6f} at step {event['step']} &middot; best "
+            f"{event['best_val_loss']:.6f} at step {event['best_step']}"]
+    if "norm_max" in event:
+        rows.append(f"Vector norms: {html.escape(event['norms'])} (mean {event['norm_mean']:.4f}, max "
+                    f"{event['norm_max']:.4f} = {event['max_vs_token']:.2f}&times; a typical token's "
+                    f"{event['token_norm']:.4f}; {'init words' if not event['init_step'] else 'at step ' + str(event['init_step'])} "
+                    f"{event['init_norm_mean']:.4f})")
+    return rows
 
 
 def gallery_items(snap: dict | None) -> list:
