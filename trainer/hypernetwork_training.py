@@ -174,7 +174,7 @@ def train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir,
         cfg, run.validation_samples, template_lines, noise_scheduler, model.checkpoint_hash, validation_predict,
         describe=weight_norm, save_best=save_copy, log_dir=log_dir,
         best_file=log_dir and log_dir / "hypernetworks" / f"{cfg.name}-best.pt", emit=emit, start_step=start_step,
-        accelerator=accelerator)
+        accelerator=accelerator, warnings=warnings)
 
     # --- loop --------------------------------------------------------------------------------------------
     parts = LoopParts(hypernetwork, params, compute_loss, snapshot=snapshot, save_copy=save_log_copy,

@@ -118,7 +118,7 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
         cfg, run.validation_samples, template_lines, noise_scheduler, model.checkpoint_hash, predict,
         describe=health, save_best=lambda vectors, step, path: save_embedding(current_embedding(vectors, step), path),
         log_dir=log_dir, best_file=log_dir and log_dir / "embeddings" / f"{cfg.name}-best.pt", emit=emit,
-        start_step=start_step, accelerator=accelerator)
+        start_step=start_step, accelerator=accelerator, warnings=warnings)
 
     # --- loop --------------------------------------------------------------------------------------------
     parts = LoopParts(trainable, [raw_trainable.vectors], compute_loss,

@@ -336,7 +336,8 @@ def start_run(model, cfg, start_step: int, what: str, accelerator, warnings: lis
     validation_samples = dataset.samples
     if cfg.validate_every and cfg.validation_split:
         validation_samples = dataset.hold_out(cfg.validation_split)
-        emit({"type": "message", "text": f"Validation: {len(validation_samples)} images held out, "
-                                         f"{len(dataset)} left to train on."})
+        held, kept = len(validation_samples), len(dataset)
+        emit({"type": "message", "text": f"Validation: {held} of {held + kept} images held out, {kept} left to "
+                                         "train on."})
     return RunStart(lr_schedule, clip_schedule, accelerator, seed, rng, generator, dataset, validation_samples)
 

@@ -95,9 +95,10 @@ def fixed_set_loss(fixed: FixedSet, noise_scheduler, predict) -> float:
 
 
 def start_validation(cfg, samples, template_lines, noise_scheduler, model_hash: str, predict, describe, save_best,
-                     log_dir: Path | None, best_file: Path | None, emit, start_step: int, accelerator):
+                     log_dir: Path | None, best_file: Path | None, emit, start_step: int, accelerator,
+                     warnings: list):
     """The run's `Validation`, or None when `cfg.validate_every` is 0. `log_dir`/`best_file` are None on
-    processes that write no files."""
+    processes that write no files; warnings (vector health) are emitted and added to `warnings`."""
     if not cfg.validate_every:
         return None
     fixed = build_fixed_set(samples, template_lines, cfg.name, noise_scheduler.config.num_train_timesteps,
@@ -113,7 +114,7 @@ def start_validation(cfg, samples, template_lines, noise_scheduler, model_hash: 
                       loss=lambda: fixed_set_loss(fixed, noise_scheduler, predict), describe=describe,
                       save_best=save_best, best_file=best_file,
                       csv_path=log_dir / "validation.csv" if log_dir is not None else None, emit=emit,
-                      start_step=start_step, agree=agree)
+                      start_step=start_step, agree=agree, warnings=warnings)
 
 
 class Validation:
@@ -124,11 +125,12 @@ class Validation:
 
     def __init__(self, fixed: FixedSet, every: int, patience: int, loss: Callable, describe: Callable,
                  save_best: Callable, best_file: Path | None, csv_path: Path | None, emit: Callable,
-                 start_step: int, agree: Callable = lambda value: value):
+                 start_step: int, agree: Callable = lambda value: value, warnings: list | None = None):
         self.fixed, self.every, self.patience = fixed, every, patience
         self.loss, self.describe, self.save_best, self.best_file = loss, describe, save_best, best_file
         self.csv_path = csv_path
         self.emit, self.agree, self.start_step = emit, agree, start_step
+        self.warnings = warnings if warnings is not None else []
         self.checked = []  # steps checked in this run
         self.best_step, self.best_loss, self.best_path = None, None, None
         self.stale = 0  # checks since the best improved (the run's first check is the baseline)
@@ -173,10 +175,12 @@ class Validation:
         self.emit({"type": "validation", "step": step, "val_loss": value, "best_step": self.best_step,
                    "best_val_loss": self.best_loss, "improved": improved, "seconds": seconds, **columns})
         if warning:
+            self.warnings.append(warning)
             self.emit({"type": "message", "text": "Warning: " + warning})
         if self.patience and self.stale >= self.patience:
-            self.stop_reason = (f"validation loss has not improved for {self.stale} checks ({self.stale * self.every}"
-                                f" steps; best {self.best_loss:.6f} at step {self.best_step})")
+            checks = f"{self.stale} check" + ("s" if self.stale != 1 else "")
+            self.stop_reason = (f"validation loss has not improved for {checks} (best {self.best_loss:.6f} at step "
+                                f"{self.best_step})")
 
     def check_last(self, step: int, state):
         """The final weights of a finished run get a value too (when the last check was not at this step)."""

@@ -29,7 +29,7 @@ class VectorHealth:
         norms = vector_norms(vectors)
         ratio = max(norms) / self.token_norm if self.token_norm > 0 else 0.0
         columns = {"norm_mean": round(sum(norms) / len(norms), 6), "norm_max": max(norms),
-                   "norms": " ".join(f"{n:.4f}" for n in norms),
+                   "norms": " ".join(f"{n:.6f}" for n in norms),
                    "init_norm_mean": round(sum(self.init_norms) / len(self.init_norms), 6),
                    "init_step": self.init_step,
                    "token_norm": round(self.token_norm, 6), "max_vs_token": round(ratio, 3)}
