@@ -129,7 +129,7 @@ def test_vectors_far_longer_than_real_tokens_are_warned_about(work):
     assert float(row["max_vs_token"]) > 5
     code, _, err = run_cli(["train-embedding", "--name", "loud", "--dataset", "data", "--steps", 4,
                             "--validate-every", 1, "--seed", 1, *SMALL[:-1]], work)
-    assert err.count("Warning: vector norms grew to") == 2  # as it happens (an event, as the page gets it) and at the end
+    assert err.count("Warning: vector norms grew to") == 2  # as it happens (an event, as the page gets it), at the end
 
 
 def test_held_out_images_are_not_trained_on(work):
@@ -198,3 +198,26 @@ def test_the_page_draws_the_validation_curve_and_the_vector_norms():
     assert "Validation loss: 0.250000 at step 2 &middot; best 0.200000 at step 0" in page
     assert "Vector norms: 0.2500 0.3500" in page and "3.50&times; a typical token" in page
     assert "init words 0.1000" in page
+
+
+def test_the_train_tab_has_the_validation_settings_and_they_reach_the_config(tmp_path, demo_model):
+    import gradio as gr
+
+    from trainer.workspace import Folders, Workspace
+    from webui import train_tab
+
+    ws = Workspace(Folders(embeddings_dir=tmp_path / "emb", hypernetwork_dir=tmp_path / "hn",
+                           templates_dir=TEMPLATES), "cpu", model=demo_model)
+    with gr.Blocks():
+        form = train_tab.build(ws).form
+    components = dict(form)
+    assert components["validate_every"].label == "Validate every N steps"
+    assert components["early_stop"].label == "Stop when validation has not improved for K checks"
+    values = {key: component.value for key, component in form}
+    cfg = train_tab.config_from_form({**values, "name": "cat", "dataset": "data"}, None)
+    assert (cfg.validate_every, cfg.early_stop, cfg.validation_split) == (100, 0, 0.0)
+    cfg = train_tab.config_from_form({**values, "name": "cat", "dataset": "data", "validate_every": 50.0,
+                                      "early_stop": 3.0, "validation_split": 0.1}, None)
+    assert (cfg.validate_every, cfg.early_stop, cfg.validation_split) == (50, 3, 0.1)
+    loaded = TrainConfig.from_json(cfg.to_json())  # what the settings JSON carries, and Load settings puts back
+    assert train_tab.form_from_config(loaded, form) == train_tab.form_from_config(cfg, form)

@@ -71,9 +71,10 @@ def build_fixed_set(samples: list, template_lines: list, name: str, num_train_ti
 
 
 @torch.no_grad()
-def fixed_set_loss(fixed: FixedSet, noise_scheduler, predict) -> float:
+def fixed_set_loss(fixed: FixedSet, noise_scheduler, predict, device) -> float:
     """The training objective averaged over the items, where `predict(noisy, timesteps, prompts)` gives the
-    model's prediction. Items of one latent size go through the UNet together, FORWARD_BATCH at a time."""
+    model's prediction on `device`. Items of one latent size go through the UNet together, FORWARD_BATCH at a
+    time."""
     by_shape = {}
     for index, latent in enumerate(fixed.latents):
         by_shape.setdefault(tuple(latent.shape), []).append(index)
@@ -86,7 +87,7 @@ def fixed_set_loss(fixed: FixedSet, noise_scheduler, predict) -> float:
             if any(fixed.weights[i] is not None for i in group):
                 weights = torch.stack([fixed.weights[i] if fixed.weights[i] is not None
                                        else torch.ones_like(fixed.latents[i]) for i in group])
-            loss = noise_prediction_loss(noise_scheduler, torch.stack([fixed.latents[i] for i in group]),
+            loss = noise_prediction_loss(noise_scheduler, torch.stack([fixed.latents[i] for i in group]).to(device),
                            torch.stack([fixed.noise[i] for i in group]),
                            torch.tensor([fixed.timesteps[i] for i in group], dtype=torch.long), weights,
                            lambda noisy, timesteps: predict(noisy, timesteps, prompts))
@@ -103,18 +104,20 @@ def start_validation(cfg, samples, template_lines, noise_scheduler, model_hash: 
         return None
     fixed = build_fixed_set(samples, template_lines, cfg.name, noise_scheduler.config.num_train_timesteps,
                             model_hash)
-    agree = lambda value: value  # noqa: E731
-    if accelerator.num_processes > 1:
+
+    def loss():
+        return fixed_set_loss(fixed, noise_scheduler, predict, accelerator.device)
+
+    def agree(value):  # every data-parallel process takes the main process's value
+        if accelerator.num_processes == 1:
+            return value
         from accelerate.utils import broadcast
 
-        def agree(value):
-            return float(broadcast(torch.tensor([value], device=accelerator.device))[0])
+        return float(broadcast(torch.tensor([value], device=accelerator.device))[0])
 
-    return Validation(fixed, cfg.validate_every, cfg.early_stop,
-                      loss=lambda: fixed_set_loss(fixed, noise_scheduler, predict), describe=describe,
-                      save_best=save_best, best_file=best_file,
-                      csv_path=log_dir / "validation.csv" if log_dir is not None else None, emit=emit,
-                      start_step=start_step, agree=agree, warnings=warnings)
+    return Validation(fixed, cfg.validate_every, cfg.early_stop, loss=loss, describe=describe, save_best=save_best,
+                      best_file=best_file, csv_path=log_dir / "validation.csv" if log_dir is not None else None,
+                      emit=emit, start_step=start_step, agree=agree, warnings=warnings)
 
 
 class Validation:
