@@ -173,8 +173,8 @@ def train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir,
     validation = start_validation(
         cfg, run.validation_samples, template_lines, noise_scheduler, model.checkpoint_hash, validation_predict,
         describe=weight_norm, save_best=save_copy, log_dir=log_dir,
-        best_file=log_dir and log_dir / "hypernetworks" / f"{cfg.name}-best.pt", emit=emit, start_step=start_step,
-        accelerator=accelerator, warnings=warnings)
+        best_file=log_dir / "hypernetworks" / f"{cfg.name}-best.pt" if log_dir else None, emit=emit,
+        start_step=start_step, accelerator=accelerator, warnings=warnings)
 
     # --- loop --------------------------------------------------------------------------------------------
     parts = LoopParts(hypernetwork, params, compute_loss, snapshot=snapshot, save_copy=save_log_copy,

@@ -111,13 +111,13 @@ def train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, othe
         make_preview(model, cfg, current_embedding(vectors, step), others, caption, log_dir, emit)
 
     # --- validation: a fixed set's loss, vector health, the best copy, early stop (trainer.validation) ------
+    earlier_checks = read_rows(log_dir / "validation.csv") if log_dir else []  # a resumed run's, for the init norms
     health = VectorHealth(model.text_encoder.get_input_embeddings().weight,
-                          *init_norms_from(read_rows(log_dir and log_dir / "validation.csv"), embedding.vectors,
-                                           start_step))
+                          *init_norms_from(earlier_checks, embedding.vectors, start_step))
     validation = start_validation(
         cfg, run.validation_samples, template_lines, noise_scheduler, model.checkpoint_hash, predict,
         describe=health, save_best=lambda vectors, step, path: save_embedding(current_embedding(vectors, step), path),
-        log_dir=log_dir, best_file=log_dir and log_dir / "embeddings" / f"{cfg.name}-best.pt", emit=emit,
+        log_dir=log_dir, best_file=log_dir / "embeddings" / f"{cfg.name}-best.pt" if log_dir else None, emit=emit,
         start_step=start_step, accelerator=accelerator, warnings=warnings)
 
     # --- loop --------------------------------------------------------------------------------------------
