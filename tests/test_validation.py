@@ -115,9 +115,11 @@ def test_the_tracker_keeps_the_lowest_loss_and_counts_checks_without_improvement
     assert not validation.due(60) and validation.due(70)
 
 
-def test_vectors_far_longer_than_real_tokens_are_warned_about(work):
-    save_embedding(Embedding("loud", torch.randn(3, 32, generator=torch.Generator().manual_seed(0))),
-                   work / "embeddings" / "loud.pt")
+def test_vectors_far_longer_than_real_tokens_are_warned_about(work, demo_model):
+    token_norm = demo_model.text_encoder.get_input_embeddings().weight.norm(dim=1).median()
+    directions = torch.randn(3, demo_model.text_width, generator=torch.Generator().manual_seed(0))
+    loud = directions / directions.norm(dim=1, keepdim=True) * token_norm * torch.tensor([[8.0], [10.0], [9.0]])
+    save_embedding(Embedding("loud", loud), work / "embeddings" / "loud.pt")
     code, _, err = run_cli(["train-embedding", "--name", "loud", "--dataset", "data", "--steps", 3,
                             "--validate-every", 1, "--seed", 1, *SMALL], work)  # --quiet: only the result
     assert code == 0
