@@ -87,6 +87,9 @@ def main():
         checks = list(csv.DictReader(open(logs / "validation.csv")))
         losses = {int(r["step"]): float(r["loss"]) for r in csv.DictReader(open(logs / "textual_inversion_loss.csv"))}
         seeds = [1000 + i for i in range(args.previews)]
+        print(f"{result.message}\nconcept: {args.concept}; {args.previews} previews per check, model {model.name} "
+              f"{size}px")
+        print(f"{'step':>6} {'val_loss':>10} {'train_loss':>10} {'hit_rate':>8}", flush=True)
         table = []
         for row in checks:
             step = int(row["step"])
@@ -96,11 +99,7 @@ def main():
             near = [losses[s] for s in range(max(1, step - args.every + 1), step + 1) if s in losses]
             table.append((step, float(row["val_loss"]), sum(near) / len(near) if near else float("nan"),
                           sum(r.hit for r in rendered) / len(rendered)))
-    print(f"{result.message}\nconcept: {args.concept}; {args.previews} previews per check, model {model.name} "
-          f"{size}px")
-    print(f"{'step':>6} {'val_loss':>10} {'train_loss':>10} {'hit_rate':>8}")
-    for step, val, train, hit in table:
-        print(f"{step:>6} {val:>10.6f} {train:>10.6f} {hit:>8.2f}")
+            print("{:>6} {:>10.6f} {:>10.6f} {:>8.2f}".format(*table[-1]), flush=True)
     steps, vals, trains, hits = zip(*table)
     best = min(range(len(table)), key=lambda i: vals[i])
     print(f"Spearman(val_loss, hit_rate) = {spearman(list(vals), list(hits)):+.3f}; "
