@@ -35,9 +35,10 @@ def test_cli_create_train_and_the_log_layout(work, demo_model):
     code, out, err = run_cli(["train-hypernetwork", "--name", "style", "--dataset", "data", "--steps", 4,
                               "--save-every", 2, "--preview-every", 2, *SMALL], work)
     assert code == 0, err
-    assert out.strip() == ("Training finished at 4 steps. Hypernetwork saved to "
-                           f"{work.resolve() / 'models/hypernetworks/style.pt'}.")
     [logs] = list((work / "textual_inversion").glob("*/style"))
+    assert out.strip().startswith("Training finished at 4 steps. Hypernetwork saved to "
+                                  f"{work.resolve() / 'models/hypernetworks/style.pt'}. Best validation loss ")
+    assert out.strip().endswith(f": {(logs / 'hypernetworks' / 'style-best.pt').resolve()}.")
     for step in (2, 4):
         copy = read_hypernetwork(logs / "hypernetworks" / f"style-{step}.pt")
         assert copy.step == step and copy.sd_checkpoint_name == "demo"
@@ -91,7 +92,7 @@ def test_interrupt_then_resume_with_the_optimizer_state(tmp_path, demo_model):
                                 should_stop=lambda: len(steps) >= 3)
     path = tmp_path / "hn" / "hn.pt"
     assert result.status == "interrupted" and result.step == 3
-    assert result.message == f"Training interrupted at 3 steps. Hypernetwork saved to {path}."
+    assert result.message.startswith(f"Training interrupted at 3 steps. Hypernetwork saved to {path}. Best ")
     assert read_hypernetwork(path).step == 3 and (tmp_path / "hn" / "hn.pt.optim").is_file()
 
     cfg.steps = 5

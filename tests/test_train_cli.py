@@ -37,8 +37,11 @@ def test_training_writes_the_reference_log_layout_with_true_step_numbers(work):
     code, out, err = run_cli(["train-embedding", "--name", "cat", "--dataset", "data", "--steps", 6,
                               "--save-every", 3, "--preview-every", 3, *SMALL], work)
     assert code == 0, err
-    assert out.strip() == f"Training finished at 6 steps. Embedding saved to {work.resolve() / 'embeddings/cat.pt'}."
     logs = log_folder(work, "cat")
+    first, best = out.strip().split(" Best validation loss ")
+    assert first == f"Training finished at 6 steps. Embedding saved to {work.resolve() / 'embeddings/cat.pt'}."
+    best_step = read_embedding_file(logs / "embeddings" / "cat-best.pt").step
+    assert best.endswith(f" at step {best_step}: {(logs / 'embeddings' / 'cat-best.pt').resolve()}.")
     for step in (3, 6):
         copy = read_embedding_file(logs / "embeddings" / f"cat-{step}.pt")
         assert copy.step == step and copy.sd_checkpoint_name == "demo"
@@ -176,7 +179,7 @@ def test_two_processes_train_data_parallel(work):
     assert "Training finished at 4 steps" in result.stdout
     assert "Data parallel over 2 processes; vectors identical on every process." in result.stderr
     logs = log_folder(work, "dp")
-    assert sorted(p.name for p in (logs / "embeddings").iterdir()) == ["dp-2.pt", "dp-4.pt"]
+    assert sorted(p.name for p in (logs / "embeddings").iterdir()) == ["dp-2.pt", "dp-4.pt", "dp-best.pt"]
     rows = list(csv.DictReader(open(logs / "textual_inversion_loss.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
 

@@ -1,4 +1,5 @@
 """The training loop's promises under stress: interrupt, an exception mid-run, the job runner's one-at-a-time."""
+import re
 import time
 from pathlib import Path
 
@@ -37,7 +38,10 @@ def test_interrupt_stops_before_the_next_step_and_saves(setup):
     result = train_embedding(model, cfg, tmp / "emb", TEMPLATES, progress=progress,
                              should_stop=lambda: len(steps) >= 3)
     assert result.status == "interrupted" and result.step == 3
-    assert result.message == f"Training interrupted at 3 steps. Embedding saved to {tmp / 'emb' / 'subject.pt'}."
+    best = Path(result.log_dir) / "embeddings" / "subject-best.pt"
+    assert re.fullmatch(re.escape(f"Training interrupted at 3 steps. Embedding saved to {tmp / 'emb' / 'subject.pt'}. "
+                                  "Best validation loss ") + r"\d\.\d{6}" + re.escape(f" at step 0: {best}."),
+                        result.message)
     assert read_embedding_file(tmp / "emb" / "subject.pt").step == 3
 
 

@@ -156,6 +156,12 @@ def add_training_arguments(p, default_learn_rate: str):
                                               "(default: <log dir>/latent_cache)")
     p.add_argument("--latent-cache", action=argparse.BooleanOptionalAction,
                    help="keep encoded images on disk between runs (default on; --no-latent-cache: memory only)")
+    p.add_argument("--validate-every", type=int,
+                   help="validation loss on a fixed set every N steps and before the first, 0 = off (default 100)")
+    p.add_argument("--early-stop", type=int, metavar="K",
+                   help="stop when validation has not improved for K checks, 0 = off (default)")
+    p.add_argument("--validation-split", type=float, metavar="SHARE",
+                   help="hold out this share of the images for validation, e.g. 0.1 (default 0: the training images)")
     p.add_argument("--quiet", action="store_true", default=False)
 
 
@@ -194,7 +200,8 @@ def cmd_create_embedding(args):
 CONFIG_FIELDS = ("name", "dataset", "log_dir", "template", "learn_rate", "batch_size", "grad_accum", "width",
                  "height", "no_resize", "steps", "save_every", "preview_every", "alpha_weight", "png_embedding",
                  "shuffle_tags", "tag_dropout", "latent_sampling", "clip_grad_mode", "clip_grad_value", "seed",
-                 "latent_cache", "latent_cache_dir", "mixed_precision", "gradient_checkpointing")
+                 "latent_cache", "latent_cache_dir", "mixed_precision", "gradient_checkpointing",
+                 "validate_every", "early_stop", "validation_split")
 
 
 def train_config_from_args(args, default_learn_rate: str | None = None):

@@ -33,6 +33,12 @@ class Sample:
     weight: torch.Tensor | None = None  # [4, h, w] loss weight from the PNG alpha channel
     original_size: tuple = (0, 0)  # (height, width) of the image file, before resizing (SDXL conditions on it)
     crop: tuple = (0, 0)  # (top, left) of the part of the image that was kept
+    mean: torch.Tensor | None = None  # the posterior mean when `latent` is a sample ("once"); see `posterior_mean`
+
+    @property
+    def posterior_mean(self) -> torch.Tensor:
+        """The image's latent without sampling noise: what does not depend on the training seed."""
+        return self.mean if self.mean is not None else self.latent
 
 
 @dataclass
@@ -196,10 +202,28 @@ class TextualInversionDataset:
             reason = f" ({len(self.report.skipped)} unreadable files)" if self.report.skipped else ""
             raise UserError(f"Dataset directory {folder} has no images to train on{reason}.")
         self.report.images = len(self.samples)
+        self._index_buckets()
+
+    def _index_buckets(self):
         self.buckets = {}
         for index, sample in enumerate(self.samples):
             self.buckets.setdefault(tuple(sample.latent.shape[1:]), []).append(index)
+        vsf = self.model.vae_scale_factor
         self.report.buckets = {(w * vsf, h * vsf): len(v) for (h, w), v in self.buckets.items()}
+
+    def hold_out(self, share: float) -> list:
+        """Take a share of the images out of training and return them (for validation): evenly spread over the
+        files in name order, so the same images whatever the seed. At least one image stays to train on."""
+        count = max(1, round(share * len(self.samples)))
+        if count >= len(self.samples):
+            raise UserError(f"Holding out {share:g} of {len(self.samples)} images for validation leaves none to "
+                            "train on; lower the validation share or add images.")
+        picked = {int((i + 0.5) * len(self.samples) / count) for i in range(count)}
+        held = [s for i, s in enumerate(self.samples) if i in picked]
+        self.samples = [s for i, s in enumerate(self.samples) if i not in picked]
+        self.report.images = len(self.samples)
+        self._index_buckets()
+        return held
 
     @torch.inference_mode()
     def _encode(self, image: Image.Image, original_size: tuple) -> CachedLatent:
@@ -219,6 +243,7 @@ class TextualInversionDataset:
         if self.latent_sampling == "once":
             noise = torch.randn(entry.mean.shape, generator=generator)
             sample.latent = entry.mean + entry.std * noise
+            sample.mean = entry.mean
         elif self.latent_sampling == "random":
             sample.latent_std = entry.std
         if use_alpha_weight and entry.alpha_weight is not None:

@@ -33,6 +33,7 @@ from .train_config import TrainConfig
 from .training_common import (LoopParts, TrainResult, denoising_loss, end_message, prepare_log_dir, preview_params,
                               report_data_parallel, resolve_template, restore_optimizer_state, run_training_loop,
                               start_run)
+from .validation import start_validation
 
 DEFAULT_LEARN_RATE = "0.00001"
 WEIGHT_DECAY = 0.01  # torch's AdamW default, which the reference uses
@@ -136,14 +137,14 @@ def _train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir
                                       cache=not cfg.shuffle_tags and not cfg.tag_dropout)
     training_stack = [(hypernetwork, 1.0)]  # the reference trains at strength 1
 
-    def compute_loss(batch, prompts):
+    def predict(noisy, timesteps, prompts):
         cond = conditioning(prompts)
+        with accelerator.autocast(), apply_hypernetworks(model.unet, training_stack):
+            return model.unet(noisy, timesteps, cond).sample
 
-        def predict(noisy, timesteps):
-            with accelerator.autocast(), apply_hypernetworks(model.unet, training_stack):
-                return model.unet(noisy, timesteps, cond).sample
-
-        return denoising_loss(noise_scheduler, batch, generator, accelerator.device, predict)
+    def compute_loss(batch, prompts):
+        return denoising_loss(noise_scheduler, batch, generator, accelerator.device,
+                              lambda noisy, timesteps: predict(noisy, timesteps, prompts))
 
     def average_gradients():
         for param in params:
@@ -170,6 +171,24 @@ def _train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir
         finally:
             hypernetwork.train()
 
+    # --- validation: a fixed set's loss, the best copy, early stop (trainer.validation) ---------------------
+    def validation_predict(noisy, timesteps, prompts):
+        hypernetwork.eval()  # no dropout: the value depends on the weights alone
+        try:
+            return predict(noisy, timesteps, prompts)
+        finally:
+            hypernetwork.train()
+
+    def weight_norm(weights):  # validation.csv's health column for hypernetworks; no warning
+        norm = torch.cat([value.float().flatten() for value in weights.values()]).norm()
+        return {"weight_norm": round(float(norm), 6)}, None
+
+    validation = start_validation(
+        cfg, run.validation_samples, template_lines, noise_scheduler, model.checkpoint_hash, validation_predict,
+        describe=weight_norm, save_best=save_copy, log_dir=log_dir,
+        best_file=log_dir / "hypernetworks" / f"{cfg.name}-best.pt" if log_dir else None, emit=emit,
+        start_step=start_step, accelerator=accelerator, warnings=warnings)
+
     # --- loop --------------------------------------------------------------------------------------------
     parts = LoopParts(hypernetwork, params, compute_loss, snapshot=snapshot, save_copy=save_log_copy,
                       preview=preview,
@@ -180,7 +199,7 @@ def _train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir
                 cfg, parts, accelerator=accelerator, optimizer=optimizer, dataset=dataset,
                 template_lines=template_lines, rng=rng, generator=generator, lr_schedule=lr_schedule,
                 clip_schedule=clip_schedule, start_step=start_step, log_dir=log_dir,
-                csv_name="hypernetwork_loss.csv", emit=emit, should_stop=should_stop)
+                csv_name="hypernetwork_loss.csv", emit=emit, should_stop=should_stop, validation=validation)
     finally:
         hypernetwork.eval().requires_grad_(False)
     status, step, last_good = outcome.status, outcome.step, outcome.last_good
@@ -194,7 +213,9 @@ def _train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir
                          "weights")
     accelerator.wait_for_everyone()
     saved = f"Hypernetwork saved to {path}." if step > start_step else "No steps were made, nothing saved."
-    message = end_message(status, step, saved, outcome.error, what="hypernetwork")
+    message = end_message(status, step, saved, outcome.error, what="hypernetwork",
+                          stopped_early=outcome.stopped_early)
+    message += validation.summary() if validation is not None else ""
     emit({"type": "end", "status": status, "message": message, "step": step})
     return TrainResult(status, step, message, str(path) if is_main else None, str(log_dir) if log_dir else None,
                        warnings)

@@ -27,6 +27,8 @@ class Job:
     state: str = "running"  # running | finished | interrupted | failed | nan
     stop: threading.Event = field(default_factory=threading.Event)
     losses: list = field(default_factory=list)  # [(step, loss)]
+    validations: list = field(default_factory=list)  # [(step, validation loss)]
+    validation: dict = field(default_factory=dict)  # the last "validation" event (loss, best, vector norms)
     previews: list = field(default_factory=list)  # [(PIL image, caption)], oldest first
     latest: dict = field(default_factory=dict)  # the last "step"/"progress" event
     messages: list = field(default_factory=list)
@@ -66,6 +68,9 @@ class Job:
                 self.losses[:0] = [tuple(point) for point in event.get("history", [])]
             elif kind in ("progress", "dataset"):
                 self.latest = {**self.latest, **event}
+            elif kind == "validation":
+                self.validations.append((event["step"], event["val_loss"]))
+                self.validation = event
             elif kind == "preview":
                 self.previews.append((event["image"], f"step {event['step']}"))
                 del self.previews[:-MAX_PREVIEWS]
@@ -84,6 +89,7 @@ class Job:
             return {
                 "id": self.id, "kind": self.kind, "title": self.title, "state": self.state,
                 "started": self.started, "finished_at": self.finished_at, "losses": list(self.losses),
+                "validations": list(self.validations), "validation": dict(self.validation),
                 "previews": list(self.previews), "latest": dict(self.latest), "messages": list(self.messages),
                 "saved_files": list(self.saved_files), "last_prompt": self.last_prompt,
                 "preview_prompt": self.preview_prompt, "message": self.message, "error": self.error,

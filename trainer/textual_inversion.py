@@ -18,11 +18,13 @@ from .errors import UserError
 from .locks import training_lock
 from .precision import training_precision
 from .sampling import save_png_with_infotext, txt2img
-from .sdxl import batch_time_ids, prompt_encoder_for, unet_inputs
+from .sdxl import batch_time_ids, prompt_encoder_for, size_time_ids, unet_inputs
 from .train_config import TrainConfig
 from .training_common import (LoopParts, TrainResult, denoising_loss, end_message, prepare_log_dir, preview_params,
                               report_data_parallel, resolve_template, restore_optimizer_state, run_training_loop,
                               start_run)
+from .validation import read_rows, start_validation
+from .vector_health import VectorHealth, init_norms_from
 
 
 class TrainableVectors(torch.nn.Module):
@@ -98,16 +100,23 @@ def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, oth
     noise_scheduler = DDPMScheduler.from_config(model.scheduler_config)
     encoder = prompt_encoder_for(model, {**others, cfg.name: raw_trainable.vectors})
 
-    def compute_loss(batch, prompts):
-        def predict(noisy, timesteps):
-            with accelerator.autocast():
-                sizes = batch_time_ids(batch, noisy, model.vae_scale_factor) if model.is_sdxl else None
-                return model.unet(noisy, timesteps, **unet_inputs(encoder(prompts), sizes)).sample
+    def predict(noisy, timesteps, prompts, batch=None):
+        """The UNet's prediction; on SDXL with each image's size/crop micro-conditioning (a training batch's, or
+        for the validation set's items, uncropped images of the size the latents decode to)."""
+        with accelerator.autocast():
+            sizes = None
+            if model.is_sdxl:
+                sizes = (batch_time_ids(batch, noisy, model.vae_scale_factor) if batch is not None else
+                         size_time_ids(noisy.shape[-2] * model.vae_scale_factor,
+                                       noisy.shape[-1] * model.vae_scale_factor, noisy.shape[0], noisy.device))
+            return model.unet(noisy, timesteps, **unet_inputs(encoder(prompts), sizes)).sample
 
+    def compute_loss(batch, prompts):
         vectors = trainable()  # through the (possibly DDP-wrapped) module, so gradients are synchronised
         # A prompt without the embedding (a template line with no [name]) still gives the vectors a (zero)
         # gradient, so backward works and every data-parallel process joins the gradient all-reduce.
-        return denoising_loss(noise_scheduler, batch, generator, accelerator.device, predict) + 0.0 * vectors.sum()
+        return denoising_loss(noise_scheduler, batch, generator, accelerator.device,
+                              lambda noisy, timesteps: predict(noisy, timesteps, prompts, batch)) + 0.0 * vectors.sum()
 
     def current_embedding(vectors, step):
         return Embedding(cfg.name, vectors.detach().float().cpu().clone(), step, model.checkpoint_hash,
@@ -120,6 +129,17 @@ def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, oth
     def preview(vectors, step, caption):
         make_preview(model, cfg, current_embedding(vectors, step), others, caption, log_dir, emit)
 
+    # --- validation: a fixed set's loss, vector health, the best copy, early stop (trainer.validation) ------
+    earlier_checks = read_rows(log_dir / "validation.csv") if log_dir else []  # a resumed run's, for the init norms
+    health = VectorHealth([encoder.get_input_embeddings().weight for encoder in (model.text_encoder, model.text_encoder_2)
+                           if encoder is not None],
+                          *init_norms_from(earlier_checks, embedding.vectors, start_step))
+    validation = start_validation(
+        cfg, run.validation_samples, template_lines, noise_scheduler, model.checkpoint_hash, predict,
+        describe=health, save_best=lambda vectors, step, path: save_embedding(current_embedding(vectors, step), path),
+        log_dir=log_dir, best_file=log_dir / "embeddings" / f"{cfg.name}-best.pt" if log_dir else None, emit=emit,
+        start_step=start_step, accelerator=accelerator, warnings=warnings)
+
     # --- loop --------------------------------------------------------------------------------------------
     parts = LoopParts(trainable, [raw_trainable.vectors], compute_loss,
                       snapshot=lambda: raw_trainable.vectors.detach().clone(), save_copy=save_copy, preview=preview)
@@ -128,7 +148,7 @@ def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, oth
             cfg, parts, accelerator=accelerator, optimizer=optimizer, dataset=dataset, template_lines=template_lines,
             rng=rng, generator=generator, lr_schedule=lr_schedule, clip_schedule=clip_schedule,
             start_step=start_step, log_dir=log_dir, csv_name="textual_inversion_loss.csv", emit=emit,
-            should_stop=should_stop)
+            should_stop=should_stop, validation=validation)
     status, step, last_good = outcome.status, outcome.step, outcome.last_good
 
     # --- save what was learned -----------------------------------------------------------------------------
@@ -142,7 +162,8 @@ def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, oth
     report_data_parallel(accelerator, last_good.flatten(), emit, "vectors")
     accelerator.wait_for_everyone()
     saved = f"Embedding saved to {final_path}." if step > start_step else "No steps were made, nothing saved."
-    message = end_message(status, step, saved, outcome.error)
+    message = end_message(status, step, saved, outcome.error, stopped_early=outcome.stopped_early)
+    message += validation.summary() if validation is not None else ""
     emit({"type": "end", "status": status, "message": message, "step": step})
     return TrainResult(status, step, message, str(final_path) if final_path else None,
                        str(log_dir) if log_dir else None, warnings)

@@ -57,6 +57,9 @@ class TrainConfig:
     latent_cache_dir: str = ""  # "": <log_dir>/latent_cache
     mixed_precision: str = ""  # "": fp16 on CUDA, no elsewhere; or "no" | "fp16" | "bf16"
     gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, slower steps
+    validate_every: int = 100  # validation loss on a fixed set every N steps (and before the first), 0 = off
+    early_stop: int = 0  # stop when validation has not improved for K checks, 0 = off
+    validation_split: float = 0.0  # share of the images held out for validation, 0 = the training images
     preview: PreviewSettings | None = None  # None: the reference's default preview
     model: str = ""  # informational: the checkpoint the settings were made with
 
@@ -81,6 +84,12 @@ class TrainConfig:
             raise UserError(f"Gradient clipping must be disabled, value or norm, not {self.clip_grad_mode!r}.")
         if self.mixed_precision not in MIXED_PRECISION_CHOICES:
             raise UserError(f"Mixed precision must be no, fp16 or bf16, not {self.mixed_precision!r}.")
+        if self.validate_every < 0 or self.early_stop < 0:
+            raise UserError("Validate every N steps and the early stop's K checks must be 0 (off) or positive.")
+        if self.early_stop and not self.validate_every:
+            raise UserError("Early stop needs validation: set Validate every N steps above 0.")
+        if not 0 <= self.validation_split < 1:
+            raise UserError(f"Validation share must be at least 0 and below 1, not {self.validation_split}.")
         if not str(self.dataset).strip():
             raise UserError("Dataset directory is empty; point it at a folder of images.")
 

@@ -139,6 +139,13 @@ def denoising_loss(noise_scheduler, batch, generator, device, predict) -> torch.
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                               generator=generator).to(latents.device)
+    return noise_prediction_loss(noise_scheduler, latents, noise, timesteps, batch.weights, predict)
+
+
+def noise_prediction_loss(noise_scheduler, latents, noise, timesteps, weights, predict) -> torch.Tensor:
+    """The objective for given noise and timesteps (the validation set fixes them; training draws them)."""
+    device = latents.device
+    noise, timesteps = noise.to(device), timesteps.to(device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     prediction = predict(noisy, timesteps)
     if noise_scheduler.config.prediction_type == "v_prediction":
@@ -146,8 +153,8 @@ def denoising_loss(noise_scheduler, batch, generator, device, predict) -> torch.
     else:
         target = noise
     loss = F.mse_loss(prediction.float(), target.float(), reduction="none")
-    if batch.weights is not None:
-        loss = loss * batch.weights.to(loss.device)
+    if weights is not None:
+        loss = loss * weights.to(loss.device)
     return loss.mean()
 
 
@@ -160,9 +167,12 @@ def preview_params(cfg, caption: str) -> Txt2ImgParams:
         cfg_scale=p.cfg_scale, seed=p.seed, width=p.width or cfg.width, height=p.height or cfg.height))
 
 
-def end_message(status: str, step: int, saved: str, error=None, what: str = "embedding") -> str:
+def end_message(status: str, step: int, saved: str, error=None, what: str = "embedding",
+                stopped_early: str | None = None) -> str:
     """The closing sentence of a run, true to what happened (`saved` says what was saved, or that nothing was;
-    `what` names the thing trained)."""
+    `what` names the thing trained; `stopped_early` why validation ended a run early)."""
+    if status == "finished" and stopped_early:
+        return f"Training stopped early at {step} steps: {stopped_early}. {saved}"
     if status == "finished":
         return f"Training finished at {step} steps. {saved}"
     if status == "interrupted":
@@ -192,12 +202,16 @@ class LoopOutcome:
     step: int
     last_good: object  # the state after the last finite optimizer step
     error: Exception | None = None
+    stopped_early: str | None = None  # why validation stopped the run (early stop), if it did
 
 
 def run_training_loop(cfg, parts: LoopParts, *, accelerator, optimizer, dataset, template_lines, rng, generator,
-                      lr_schedule, clip_schedule, start_step, log_dir, csv_name, emit, should_stop) -> LoopOutcome:
-    """Optimizer steps until max steps, the end of the learning-rate schedule, Interrupt, a non-finite loss or an
-    exception; every step emits its numbers, writes the loss CSV and, at their intervals, a copy and a preview.
+                      lr_schedule, clip_schedule, start_step, log_dir, csv_name, emit, should_stop,
+                      validation=None) -> LoopOutcome:
+    """Optimizer steps until max steps, the end of the learning-rate schedule, Interrupt, a non-finite loss, an
+    exception or early stop; every step emits its numbers, writes the loss CSV and, at their intervals, a copy
+    and a preview. `validation` (trainer.validation.Validation) checks before the first step, every N steps
+    and at the end of a finished run.
 
     Interrupt is checked before every micro-batch. Whatever ends the run, `last_good` is the state after the
     last finite step, for the caller to save."""
@@ -216,6 +230,10 @@ def run_training_loop(cfg, parts: LoopParts, *, accelerator, optimizer, dataset,
           "epoch_len": epoch_len, "history": history})
     try:
         while step < cfg.steps:
+            if validation is not None and validation.due(step):  # evaluate at the top, as nanoGPT does
+                validation.check(step, last_good)
+                if validation.stop_reason:
+                    break
             lr = lr_schedule.value_at(step)
             if lr is None:
                 break  # the schedule ran out: the reference ends training here
@@ -267,12 +285,14 @@ def run_training_loop(cfg, parts: LoopParts, *, accelerator, optimizer, dataset,
                 emit({"type": "saved", "path": str(parts.save_copy(last_good, step)), "step": step})
             if cfg.preview_every and step % cfg.preview_every == 0:
                 parts.preview(last_good, step, prompts[0])
+        if validation is not None and status == "finished" and not validation.stop_reason:
+            validation.check_last(step, last_good)
     except Exception as e:  # noqa: BLE001 - reported truthfully by the caller, after saving the last good state
         status, error = "failed", e
     finally:
         if loss_csv is not None:
             loss_csv.close()
-    return LoopOutcome(status, step, last_good, error)
+    return LoopOutcome(status, step, last_good, error, validation.stop_reason if validation is not None else None)
 
 
 def report_data_parallel(accelerator, flat: torch.Tensor, emit, what: str):
@@ -330,6 +350,7 @@ class RunStart:
     rng: random.Random
     generator: torch.Generator
     dataset: TextualInversionDataset
+    validation_samples: list  # the held-out images, or the training images when none are held out
     checkpointing: bool = False  # UNet gradient checkpointing for this run (`trainer.precision`)
 
 
@@ -345,5 +366,12 @@ def start_run(model, cfg, start_step: int, what: str, accelerator, warnings: lis
         emit({"type": "message", "text": "Warning: " + message})
     emit({"type": "message", "text": weights_note(model, accelerator, checkpointing)})
     dataset = build_dataset(model, cfg, seed, emit, should_stop, warnings)
-    return RunStart(lr_schedule, clip_schedule, accelerator, seed, rng, generator, dataset, checkpointing)
+    validation_samples = dataset.samples
+    if cfg.validate_every and cfg.validation_split:
+        validation_samples = dataset.hold_out(cfg.validation_split)
+        held, kept = len(validation_samples), len(dataset)
+        emit({"type": "message", "text": f"Validation: {held} of {held + kept} images held out, {kept} left to "
+                                         "train on."})
+    return RunStart(lr_schedule, clip_schedule, accelerator, seed, rng, generator, dataset, validation_samples,
+                    checkpointing)
 

@@ -76,13 +76,14 @@ def build_app(ws) -> gr.Blocks:
             old = seen_before if seen_before and seen_before["id"] == snap["id"] else {}
             now = {"id": snap["id"], "state": snap["state"], "losses": len(snap["losses"]),
                    "previews": snap["previews"][-1][1] if snap["previews"] else None,  # the list is capped
-                   "messages": len(snap["messages"]),
+                   "messages": len(snap["messages"]), "validations": len(snap["validations"]),
                    "done": snap["latest"].get("done"), "prompt": snap["preview_prompt"], "error": snap["error"],
                    "chart": old.get("chart", -1), "chart_at": old.get("chart_at", 0.0)}
             due = time.time() - now["chart_at"] >= job_view.chart_interval(now["losses"]) or not running
-            redraw_chart = now["chart"] != now["losses"] and (due or not old)
+            drawn = [now["losses"], now["validations"]]  # what the chart shows when it is redrawn now
+            redraw_chart = now["chart"] != drawn and (due or not old)
             if redraw_chart:
-                now["chart"], now["chart_at"] = now["losses"], time.time()
+                now["chart"], now["chart_at"] = drawn, time.time()
             if now == old:
                 return (*[gr.skip()] * 8, gr.Timer(active=running), now)
 

@@ -11,20 +11,24 @@ from pathlib import Path
 import pandas as pd
 
 MAX_CHART_POINTS = 500  # per series: the chart is re-sent whole, so its size is bounded however long the run
-SERIES_COLORS = {"raw": "#94a3b8", "smoothed": "#f97316"}  # a new series (e.g. validation loss) adds its colour here
+SERIES_COLORS = {"raw": "#94a3b8", "smoothed": "#f97316", "validation": "#2563eb"}  # a new series adds its colour here
 
 
 def chart_series(snap: dict | None, smoothing: float = 0.9) -> dict:
-    """The chart's lines, name -> [(step, value)], thinned: the raw loss (averaged over each thinned bucket) and
-    its exponential moving average. Another series is one more entry here and in SERIES_COLORS."""
+    """The chart's lines, name -> [(step, value)], thinned: the raw loss (averaged over each thinned bucket), its
+    exponential moving average, and the validation loss. Another series is one more entry here and in SERIES_COLORS."""
     losses = snap["losses"] if snap else []
+    validations = list(snap.get("validations") or []) if snap else []
     if not losses:
         return {}
     smooth, ema = [], losses[0][1]
     for step, value in losses:
         ema = smoothing * ema + (1 - smoothing) * value
         smooth.append((step, ema))
-    return {"raw": thin(losses, average=True), "smoothed": thin(smooth)}
+    series = {"raw": thin(losses, average=True), "smoothed": thin(smooth)}
+    if validations:
+        series["validation"] = thin(validations)
+    return series
 
 
 def thin(points: list, average: bool = False, limit: int = MAX_CHART_POINTS) -> list:
@@ -54,9 +58,9 @@ def chart_frame(series: dict) -> pd.DataFrame | None:
     return frame
 
 
-def loss_frame(losses: list, smoothing: float = 0.9) -> pd.DataFrame | None:
-    """Raw loss and its moving average for [(step, loss)], as the chart draws them."""
-    return chart_frame(chart_series({"losses": losses}, smoothing))
+def loss_frame(losses: list, smoothing: float = 0.9, validations: list = ()) -> pd.DataFrame | None:
+    """Raw loss, its moving average and the validation loss for [(step, loss)], as the chart draws them."""
+    return chart_frame(chart_series({"losses": losses, "validations": list(validations)}, smoothing))
 
 
 def chart_interval(points: int) -> float:
@@ -102,6 +106,7 @@ def progress_html(snap: dict | None) -> str:
         if latest.get("epoch_len"):
             epoch += f"/{latest['epoch_len']}"
         rows.append(f"Loss: {latest['loss']:.6f} &middot; Learning rate: {latest['lr']:.3g} &middot; {epoch}")
+    rows += validation_rows(snap.get("validation") or {})
     if snap["last_prompt"]:
         rows.append(f"Last prompt: <code>{html.escape(snap['last_prompt'])}</code>")
     if snap["saved_files"]:
@@ -170,6 +175,21 @@ class PreviewFiles:
                     path.unlink(missing_ok=True)
             self.written = keep
             return [(str(path), caption) for (_, caption), path in keep.items()]
+
+
+def validation_rows(event: dict) -> list:
+    """The latest validation loss and the best so far; for embeddings, the vectors' norms beside the init words'
+    and a typical token's."""
+    if not event:
+        return []
+    rows = [f"Validation loss: {event['val_loss']:.6f} at step {event['step']} &middot; best "
+            f"{event['best_val_loss']:.6f} at step {event['best_step']}"]
+    if "norm_max" in event:
+        rows.append(f"Vector norms: {html.escape(event['norms'])} (mean {event['norm_mean']:.4f}, max "
+                    f"{event['norm_max']:.4f} = {event['max_vs_token']:.2f}&times; a typical token's "
+                    f"{event['token_norm']:.4f}; {'init words' if not event['init_step'] else 'at step ' + str(event['init_step'])} "
+                    f"{event['init_norm_mean']:.4f})")
+    return rows
 
 
 def result_text(snap: dict | None) -> str:

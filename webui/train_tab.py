@@ -82,6 +82,16 @@ def build(ws) -> SimpleNamespace:
             label="Latent cache directory (encoded images kept between runs; delete it to clear)",
             placeholder="<log directory>/latent_cache", value="", elem_id="train_latent_cache_dir")
     with gr.Row():
+        c.validate_every = gr.Number(label="Validate every N steps", value=TrainConfig.validate_every, precision=0,
+                                     minimum=0, elem_id="train_validate_every",
+                                     info="loss of the current vectors on a fixed set of images, noise and "
+                                          "timesteps; the best step is kept as <name>-best.pt; 0 to disable")
+        c.early_stop = gr.Number(label="Stop when validation has not improved for K checks", value=0, precision=0,
+                                 minimum=0, elem_id="train_early_stop", info="0 to disable")
+        c.validation_split = gr.Number(label="Share of images held out for validation", value=0, minimum=0,
+                                       maximum=0.9, step=0.05, elem_id="train_validation_split",
+                                       info="0: validate on the training images")
+    with gr.Row():
         c.settings_file = gr.Dropdown(label="Training settings to load", choices=[], allow_custom_value=True,
                                       elem_id="train_settings_file", scale=4)
         c.load_settings = gr.Button("Load settings", elem_id="train_load_settings", scale=1)
@@ -99,6 +109,7 @@ def build(ws) -> SimpleNamespace:
         ("shuffle_tags", c.shuffle_tags), ("tag_dropout", c.tag_dropout), ("latent_sampling", c.latent_sampling),
         ("mixed_precision", c.mixed_precision), ("gradient_checkpointing", c.gradient_checkpointing),
         ("latent_cache_dir", c.latent_cache_dir),
+        ("validate_every", c.validate_every), ("early_stop", c.early_stop), ("validation_split", c.validation_split),
     ]
     return c
 
@@ -107,7 +118,8 @@ SCHEDULE_HINT = ("A number, or rate:step pairs like 5e-2:100, 5e-3:500, 5e-6 (0.
                  "until 500, then 5e-6).")
 MIXED_PRECISION_CHOICES = (("device default (fp16 on a GPU, no on the CPU)", ""), ("no (fp32)", "no"),
                            ("fp16 (GPU)", "fp16"), ("bf16", "bf16"))
-INTEGER_FIELDS = {"batch_size", "grad_accum", "width", "height", "steps", "preview_every", "save_every"}
+INTEGER_FIELDS = {"batch_size", "grad_accum", "width", "height", "steps", "preview_every", "save_every",
+                  "validate_every", "early_stop"}
 
 
 def config_from_form(values: dict, preview: PreviewSettings | None) -> TrainConfig:
@@ -115,6 +127,7 @@ def config_from_form(values: dict, preview: PreviewSettings | None) -> TrainConf
     for key in INTEGER_FIELDS:
         values[key] = int(values[key] or 0)
     values["tag_dropout"] = float(values["tag_dropout"] or 0)
+    values["validation_split"] = float(values["validation_split"] or 0)
     values["name"] = values["name"] or ""
     values["template"] = values["template"] or ""
     values["dataset"] = (values["dataset"] or "").strip()
