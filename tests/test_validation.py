@@ -63,7 +63,7 @@ def test_resume_repeats_the_logged_value_and_the_best_copy_holds_the_best_step(w
     expected = created if best.step == 0 else read_embedding_file(logs / "embeddings" / f"cat-{best.step}.pt").vectors
     assert torch.equal(best.vectors, expected)
     assert out.strip().endswith(f"Best validation loss {float(best_row['val_loss']):.6f} at step {best.step}: "
-                                f"{logs.relative_to(work) / 'embeddings' / 'cat-best.pt'}.")
+                                f"{(logs / 'embeddings' / 'cat-best.pt').resolve()}.")
     with open(logs / "textual_inversion_loss.csv") as file:  # the reference's loss CSV is untouched
         assert file.readline().strip() == "step,epoch,epoch_step,loss,learn_rate"
     assert float(rows[0]["init_norm_mean"]) == float(rows[-1]["init_norm_mean"])  # init words remembered
@@ -81,8 +81,8 @@ def test_early_stop_ends_training_saves_and_says_why(work):
     value = float(rows[0]["val_loss"])
     assert out.strip() == (
         f"Training stopped early at 4 steps: validation loss has not improved for 2 checks (best {value:.6f} at "
-        f"step 0). Embedding saved to embeddings/cat.pt. Best validation loss {value:.6f} at step 0: "
-        f"{logs.relative_to(work) / 'embeddings' / 'cat-best.pt'}.")
+        f"step 0). Embedding saved to {(work / 'embeddings/cat.pt').resolve()}. Best validation loss {value:.6f} at step 0: "
+        f"{(logs / 'embeddings' / 'cat-best.pt').resolve()}.")
     assert read_embedding_file(work / "embeddings" / "cat.pt").step == 4
     assert (work / "embeddings" / "cat.pt.optim").is_file()  # saved as an interrupt saves
     assert read_embedding_file(logs / "embeddings" / "cat-best.pt").step == 0
@@ -178,7 +178,7 @@ def test_hypernetworks_get_validation_and_a_best_copy(work):
     assert [int(r["step"]) for r in rows] == [0, 1, 2] and all(float(r["weight_norm"]) > 0 for r in rows)
     best = read_hypernetwork(logs / "hypernetworks" / "style-best.pt")
     assert best.step == int(rows[-1]["best_step"])
-    assert f"at step {best.step}: {logs.relative_to(work) / 'hypernetworks' / 'style-best.pt'}." in out
+    assert f"at step {best.step}: {(logs / 'hypernetworks' / 'style-best.pt').resolve()}." in out
     run_cli(["create-hypernetwork", "--name", "style", "--seed", 0, "--overwrite"], work)
     run_cli(["train-hypernetwork", "--name", "style", "--dataset", "data", "--steps", 1, "--log-dir", "other",
              "--seed", 4, *SMALL], work)
