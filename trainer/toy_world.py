@@ -32,6 +32,7 @@ COLOURS = tuple(PALETTE)
 SHAPES = ("circle", "square", "triangle", "star")
 MIN_SIZE, MAX_SIZE = 0.35, 0.65  # the shape's bounding box, as a fraction of the image side
 NATIVE_SIZE = 128
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SUPERSAMPLE = 4
 
 # Plain-English ways to say one scene; {c} shape colour, {s} shape, {b} background colour.
@@ -183,10 +184,12 @@ def write_dataset(folder: str | Path, concept: Concept | None = None, count: int
     concept = concept or Concept()
     rng = random.Random(seed)
     names = [f"{concept_slug(concept)}-{i:03d}" for i in range(count)]
-    if not overwrite:
-        existing = [n for n in names if (folder / f"{n}.png").exists() or (folder / f"{n}.txt").exists()]
-        if existing:
-            raise UserError(f"'{folder / existing[0]}.png' already exists; choose another folder or overwrite.")
+    if not overwrite and folder.is_dir():
+        existing = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES or p.name in
+                          {f"{n}.txt" for n in names})
+        if existing:  # a second concept in the same folder would spoil training on the first
+            raise UserError(f"'{folder}' already has pictures ({existing[0]}, ...); choose an empty folder or "
+                            "overwrite.")
     paths = []
     for name in names:
         scene = random_scene(rng, concept.shape, concept.colour, concept.background)
