@@ -10,8 +10,13 @@ Deterministic from --seed (same seed, same step counts, same thread count: same 
    sometimes with a part left out or unknown words around them (so prompt templates and unseen words do not
    derail it), and 10 % empty captions so that classifier-free guidance works.
 
+After stage 1 the VAE's weights are rounded to float16, as the shipped file stores them, so the UNet learns
+the latents of exactly the VAE that ships. Stage 2 draws from its own seeded generators, so it can be rerun
+from a saved file's VAE (`--vae-from`, same --seed/--scenes/--vae-* settings) with the same result as a run
+from scratch.
+
 Usage:
-    python scripts/pretrain_demo.py [--work-dir /tmp/demo-pretrain] [--quick]
+    python scripts/pretrain_demo.py [--work-dir /tmp/demo-pretrain] [--quick] [--vae-from FILE]
 Progress goes to <work-dir>/log.txt (and stdout); every --save-every UNet steps, and at the end, the weights
 file is rewritten, so an interrupted run still leaves a usable (less trained) model behind.
 """
@@ -216,6 +221,20 @@ def train_denoiser(modules, tokenizer, means, stds, scenes, args, log: Log, gene
     text_encoder.eval().requires_grad_(False)
 
 
+def load_vae(vae, args, log: Log):
+    from safetensors import safe_open
+
+    with safe_open(str(args.vae_from), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k[len("vae."):]: f.get_tensor(k).float() for k in f.keys() if k.startswith("vae.")}
+    expected = {"seed": args.seed, "scenes": args.scenes, "vae_steps": args.vae_steps}
+    if any(meta.get(k) != str(v) for k, v in expected.items()):
+        raise SystemExit(f"--vae-from {args.vae_from} was made with other settings ({meta}), not {expected}")
+    vae.load_state_dict(state, strict=True)
+    vae.eval().requires_grad_(False)
+    log(f"stage 1 skipped: VAE taken from {args.vae_from} ({meta.get('state')})")
+
+
 def save_weights(modules, path: Path, metadata: dict, log: Log, note: str):
     state = demo_state_dict(modules)
     meta = {k: str(v) for k, v in {**metadata, "state": note}.items()}
@@ -239,6 +258,8 @@ def main():
     parser.add_argument("--unet-batch", type=int, default=64)
     parser.add_argument("--unet-lr", type=float, default=6e-4)
     parser.add_argument("--save-every", type=int, default=200)
+    parser.add_argument("--vae-from", type=Path, help="skip stage 1: take the VAE from this weights file, written "
+                                                      "by an earlier run with the same seed and stage-1 settings")
     parser.add_argument("--quick", action="store_true", help="a tiny run that checks the script end to end")
     args = parser.parse_args()
     if args.quick:
@@ -254,7 +275,13 @@ def main():
     modules = build_demo_modules(args.seed)
     tokenizer = load_clip_tokenizer()
 
-    train_vae(modules["vae"], images, args, log, generator, np.random.default_rng(args.seed))
+    if args.vae_from:
+        load_vae(modules["vae"], args, log)
+    else:
+        train_vae(modules["vae"], images, args, log, generator, np.random.default_rng(args.seed))
+        with torch.no_grad():  # what the shipped float16 file will hold
+            for parameter in modules["vae"].parameters():
+                parameter.copy_(parameter.half().float())
     held_out = make_world(64, args.seed + 1, args.threads)[1]
     log(f"vae reconstruction error on unseen scenes: {reconstruction_error(modules['vae'], held_out):.2f} grey levels")
     means, stds = encode_world(modules["vae"], images)
@@ -268,7 +295,9 @@ def main():
                 "vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "scenes": args.scenes,
                 "script": "scripts/pretrain_demo.py"}
     save = lambda note: save_weights(modules, args.out, metadata, log, note)  # noqa: E731
-    train_denoiser(modules, tokenizer, means, stds, scenes, args, log, generator, random.Random(args.seed), save)
+    stage2_generator = torch.Generator().manual_seed(args.seed + 2)
+    train_denoiser(modules, tokenizer, means, stds, scenes, args, log, stage2_generator, random.Random(args.seed),
+                   save)
     save(f"complete: {args.unet_steps} UNet steps")
     (args.work_dir / "summary.json").write_text(json.dumps(
         {"seconds": time.time() - log.start, **metadata}, indent=2))

@@ -41,7 +41,7 @@ def test_create_and_train_a_hypernetwork_with_previews(tmp_path):
         page.locator("#train_create_hypernetwork").click()
         wait_for(lambda: "Created:" in output_text(page), what="Created:")
         created = read_hypernetwork(tmp_path / "hn" / "browser-hn.pt")
-        assert created.sizes == [32, 64] and created.layer_structure == [1, 1.5, 1] and created.layer_norm
+        assert created.sizes == [64, 128] and created.layer_structure == [1, 1.5, 1] and created.layer_norm
 
         # A second create without Overwrite is refused with a sentence
         page.locator("#train_create_hypernetwork").click()
