@@ -1,0 +1,53 @@
+"""The shipped demo model knows its toy world, and textual inversion teaches it a new word (judged by OpenCV)."""
+import random
+
+import numpy as np
+import torch
+
+from trainer.demo import DEMO_WEIGHTS
+from trainer.models import file_sha256
+from trainer.toy_eval import learn_concept, world_score
+from trainer.toy_judge import judge
+from trainer.toy_world import random_scene, render, parse_concept
+
+ROOT = DEMO_WEIGHTS.parent.parent.parent.parent
+
+
+def test_the_demo_loads_from_its_small_shipped_weights(demo_model):
+    assert DEMO_WEIGHTS.stat().st_size <= 25 * 1024 * 1024
+    assert demo_model.checkpoint_hash == file_sha256(DEMO_WEIGHTS)[:10]
+    assert demo_model.native_size == 128 and demo_model.text_width == 64
+    assert demo_model.tokenizer.vocab_size == 49408
+    assert all(p.dtype == torch.float32 and not p.requires_grad for p in demo_model.unet.parameters())
+
+
+@torch.no_grad()
+def test_its_vae_reconstructs_the_world(demo_model):
+    rng = random.Random(5)
+    scenes = [random_scene(rng) for _ in range(8)]
+    pixels = np.stack([np.asarray(render(s)) for s in scenes])
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    decoded = demo_model.vae.decode(demo_model.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    back = ((decoded + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    assert np.abs(back.astype(float) - pixels).mean() < 20  # grey levels
+    named = [judge(image) for image in back]
+    assert sum((v.shape, v.colour, v.background) == (s.shape, s.colour, s.background)
+               for v, s in zip(named, scenes)) >= 7
+
+
+def test_txt2img_draws_what_the_world_prompt_asks(demo_model):
+    scenes = [random_scene(random.Random(0), "star", "yellow", "purple")] * 3
+    scenes += [random_scene(random.Random(1), "circle", "red", "white"), random_scene(random.Random(2), "square", "blue", "yellow")]
+    result = world_score(demo_model, scenes, seed=20)
+    assert result.score >= 0.6, [r.verdict.describe() for r in result.rendered]
+
+
+def test_textual_inversion_teaches_it_a_new_word(demo_model, tmp_path):
+    """A small version of bench/ti_learning.py: an embedding from "*" learns "orange circle on blue"."""
+    run = learn_concept(demo_model, parse_concept("orange circle on a blue background"), tmp_path,
+                        ROOT / "textual_inversion_templates", steps=STEPS, previews=4, images=8, preview_steps=12)
+    assert run.before_rate <= 0.25, [r.verdict.describe() for r in run.before]
+    assert run.after_rate >= 0.75, [r.verdict.describe() for r in run.after]
+
+
+STEPS = 150
