@@ -178,8 +178,19 @@ def reconstruction_error(vae, images: np.ndarray) -> float:
     return (decoded - x).abs().mean().item() * 127.5
 
 
+def loss_weights(snr: torch.Tensor, focus: bool) -> torch.Tensor:
+    """min-SNR(5) weights of the epsilon loss; with `focus`, noisy timesteps (SNR < 1) are weighted like an
+    image-space loss (1/SNR, at most 20): there the picture can only come from the caption, and a plain
+    epsilon loss hardly rewards using it."""
+    weights = snr.clamp(max=5.0) / snr
+    if focus:
+        weights = torch.where(snr < 1, (1 / snr).clamp(max=20.0), weights)
+    return weights.float()
+
+
 def train_denoiser(modules, tokenizer, means, stds, scenes, args, log: Log, generator, rng: random.Random,
-                   save):
+                   save, schedule_steps: int, stop: int, peak_lr: float, warmup: int, focus: bool, label: str,
+                   save_every: int):
     unet, text_encoder, vae = modules["unet"], modules["text_encoder"], modules["vae"]
     scheduler = DDPMScheduler.from_config(SCHEDULER_CONFIG)
     alphas = scheduler.alphas_cumprod
@@ -191,9 +202,9 @@ def train_denoiser(modules, tokenizer, means, stds, scenes, args, log: Log, gene
     optimizer = torch.optim.AdamW([
         {"params": unet.parameters(), "weight_decay": 0.01},
         {"params": text_encoder.parameters(), "weight_decay": 0.0},
-    ], lr=args.unet_lr, betas=(0.9, 0.99))
+    ], lr=peak_lr, betas=(0.9, 0.99))
     started = time.time()
-    for step in range(args.unet_steps):
+    for step in range(stop):
         picks = [rng.randrange(len(scenes)) for _ in range(args.unet_batch)]
         captions = [train_caption(scenes[i], rng, extra_words) for i in picks]
         index = torch.tensor(picks)
@@ -202,23 +213,32 @@ def train_denoiser(modules, tokenizer, means, stds, scenes, args, log: Log, gene
         timesteps = torch.randint(0, 1000, (args.unet_batch,), generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, args.unet_steps, args.unet_lr, 100)
+            group["lr"] = cosine_lr(step, schedule_steps, peak_lr, warmup)
         context = text_encoder(input_ids=token_ids(tokenizer, captions)).last_hidden_state
         prediction = unet(noisy, timesteps, encoder_hidden_states=context).sample
-        weights = (snr[timesteps].clamp(max=5.0) / snr[timesteps]).float()
+        weights = loss_weights(snr[timesteps], focus)
         loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
         optimizer.step()
-        if step % 25 == 0 or step == args.unet_steps - 1:
+        if step % 25 == 0 or step == stop - 1:
             rate = (step + 1) / (time.time() - started)
-            log(f"unet step {step}/{args.unet_steps} loss {loss.item():.4f} "
-                f"({rate:.2f} steps/s, ~{(args.unet_steps - step - 1) / rate / 60:.1f} min left)")
-        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.unet_steps:
-            save(f"checkpoint after {step + 1} of {args.unet_steps} UNet steps")
+            log(f"{label} step {step}/{stop} loss {loss.item():.4f} "
+                f"({rate:.2f} steps/s, ~{(stop - step - 1) / rate / 60:.1f} min left)")
+        if save_every and (step + 1) % save_every == 0 and step + 1 < stop:
+            save(f"checkpoint after {step + 1} of {stop} {label} steps")
     unet.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
+    round_to_float16(unet, text_encoder)
+
+
+def round_to_float16(*modules):
+    """Weights as the shipped float16 file holds them (so a run resumed from a saved file continues alike)."""
+    with torch.no_grad():
+        for module in modules:
+            for parameter in module.parameters():
+                parameter.copy_(parameter.half().float())
 
 
 def load_vae(vae, args, log: Log):
@@ -233,6 +253,23 @@ def load_vae(vae, args, log: Log):
     vae.load_state_dict(state, strict=True)
     vae.eval().requires_grad_(False)
     log(f"stage 1 skipped: VAE taken from {args.vae_from} ({meta.get('state')})")
+
+
+def load_stage2(modules, args, stop: int, log: Log) -> float:
+    from safetensors import safe_open
+
+    with safe_open(str(args.unet_from), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k).float() for k in f.keys()}
+    expected_state = f"checkpoint after {stop} of "
+    if meta.get("seed") != str(args.seed) or not meta.get("state", "").startswith(expected_state) \
+            or meta.get("unet_steps") != str(args.unet_steps):
+        raise SystemExit(f"--unet-from {args.unet_from} does not hold stage 2 after {stop} of {args.unet_steps} "
+                         f"steps with seed {args.seed} ({meta})")
+    for name in ("unet", "text_encoder"):
+        modules[name].load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
+    log(f"stage 2 skipped: UNet and text encoder taken from {args.unet_from} ({meta['state']})")
+    return float(meta["scaling_factor"])
 
 
 def save_weights(modules, path: Path, metadata: dict, log: Log, note: str):
@@ -258,12 +295,21 @@ def main():
     parser.add_argument("--unet-batch", type=int, default=64)
     parser.add_argument("--unet-lr", type=float, default=6e-4)
     parser.add_argument("--save-every", type=int, default=200)
+    parser.add_argument("--unet-stop", type=int, default=None, help="end stage 2 after this many steps of its "
+                                                                    "--unet-steps schedule")
+    parser.add_argument("--focus-steps", type=int, default=400)
+    parser.add_argument("--focus-lr", type=float, default=5e-4)
+    parser.add_argument("--focus-scenes", type=int, default=4000)
+    parser.add_argument("--focus-save-every", type=int, default=50)
+    parser.add_argument("--unet-from", type=Path, help="skip stages 1 and 2: take all weights from this file, "
+                                                       "saved by an earlier run after --unet-stop stage-2 steps")
     parser.add_argument("--vae-from", type=Path, help="skip stage 1: take the VAE from this weights file, written "
                                                       "by an earlier run with the same seed and stage-1 settings")
     parser.add_argument("--quick", action="store_true", help="a tiny run that checks the script end to end")
     args = parser.parse_args()
     if args.quick:
         args.scenes, args.vae_steps, args.unet_steps, args.save_every = 256, 20, 20, 10
+        args.focus_steps, args.focus_save_every = 10, 5
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -275,30 +321,42 @@ def main():
     modules = build_demo_modules(args.seed)
     tokenizer = load_clip_tokenizer()
 
-    if args.vae_from:
+    if args.vae_from or args.unet_from:
+        args.vae_from = args.vae_from or args.unet_from
         load_vae(modules["vae"], args, log)
     else:
         train_vae(modules["vae"], images, args, log, generator, np.random.default_rng(args.seed))
-        with torch.no_grad():  # what the shipped float16 file will hold
-            for parameter in modules["vae"].parameters():
-                parameter.copy_(parameter.half().float())
+        round_to_float16(modules["vae"])
     held_out = make_world(64, args.seed + 1, args.threads)[1]
     log(f"vae reconstruction error on unseen scenes: {reconstruction_error(modules['vae'], held_out):.2f} grey levels")
+    stop = args.unet_stop or args.unet_steps
+    if args.unet_from:  # stage 2 was done by an earlier run: its file has the UNet, text encoder and scale
+        scaling_factor = load_stage2(modules, args, stop, log)
+        images = images[:args.focus_scenes]
     means, stds = encode_world(modules["vae"], images)
     del images
-    latent_std = (means.var() + stds.pow(2).mean()).sqrt().item()
-    modules["vae"].register_to_config(scaling_factor=1.0 / latent_std)
-    log(f"encoded the world; latent std {latent_std:.4f}, mean {means.mean().item():.4f}, "
-        f"scaling factor {1.0 / latent_std:.5f}")
+    if not args.unet_from:
+        latent_std = (means.var() + stds.pow(2).mean()).sqrt().item()
+        scaling_factor = 1.0 / latent_std
+        log(f"encoded the world; latent std {latent_std:.4f}, mean {means.mean().item():.4f}, "
+            f"scaling factor {scaling_factor:.5f}")
+    modules["vae"].register_to_config(scaling_factor=scaling_factor)
 
-    metadata = {"scaling_factor": 1.0 / latent_std, "native_size": NATIVE_SIZE, "seed": args.seed,
-                "vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "scenes": args.scenes,
-                "script": "scripts/pretrain_demo.py"}
+    metadata = {"scaling_factor": scaling_factor, "native_size": NATIVE_SIZE, "seed": args.seed,
+                "vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "unet_stop": stop,
+                "focus_steps": args.focus_steps, "scenes": args.scenes, "script": "scripts/pretrain_demo.py"}
     save = lambda note: save_weights(modules, args.out, metadata, log, note)  # noqa: E731
-    stage2_generator = torch.Generator().manual_seed(args.seed + 2)
-    train_denoiser(modules, tokenizer, means, stds, scenes, args, log, stage2_generator, random.Random(args.seed),
-                   save)
-    save(f"complete: {args.unet_steps} UNet steps")
+    if not args.unet_from:
+        train_denoiser(modules, tokenizer, means, stds, scenes, args, log, torch.Generator().manual_seed(args.seed + 2),
+                       random.Random(args.seed), save, args.unet_steps, stop, args.unet_lr, 100, False, "unet",
+                       args.save_every)
+        save(f"checkpoint after {stop} of {stop} unet steps")
+    # Stage 3: the same objective with noisy timesteps weighted up, so that the picture follows the caption.
+    focus = min(args.focus_scenes, len(scenes))
+    train_denoiser(modules, tokenizer, means[:focus], stds[:focus], scenes[:focus], args, log,
+                   torch.Generator().manual_seed(args.seed + 3), random.Random(args.seed + 3), save,
+                   args.focus_steps, args.focus_steps, args.focus_lr, 20, True, "focus", args.focus_save_every)
+    save(f"complete: {stop} unet + {args.focus_steps} focus steps")
     (args.work_dir / "summary.json").write_text(json.dumps(
         {"seconds": time.time() - log.start, **metadata}, indent=2))
     log("done")
