@@ -67,6 +67,9 @@ def main():
     print(f"concept {concept.describe()!r}: before {run.before_rate:.0%} of {len(run.before)} previews, "
           f"after {run.after_rate:.0%} ({args.steps} steps, {run.steps_per_second:.2f} steps/s at "
           f"{model.native_size}px batch 1)")
+    for when in ("before", "after"):
+        rates = run.part_rates(concept, when)
+        print(f"  {when}: " + ", ".join(f"{part} right in {rate:.0%}" for part, rate in rates.items()))
     print("  before: " + ", ".join(r.verdict.describe() for r in run.before))
     print("  after:  " + ", ".join(r.verdict.describe() for r in run.after))
     total = time.perf_counter() - started

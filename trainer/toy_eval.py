@@ -84,6 +84,17 @@ class ConceptRun:
     def after_rate(self) -> float:
         return sum(r.hit for r in self.after) / max(1, len(self.after))
 
+    def part_rates(self, concept: Concept, when: str) -> dict:
+        """For "before" or "after": the share of previews whose shape, shape colour and background each match
+        the concept's (partial credit: the learning shows here before whole pictures are right)."""
+        rendered = self.before if when == "before" else self.after
+        rates = {}
+        for part in ("shape", "colour", "background"):
+            wanted = getattr(concept, part)
+            if wanted is not None:
+                rates[part] = sum(getattr(r.verdict, part) == wanted for r in rendered) / max(1, len(rendered))
+        return rates
+
     @property
     def steps_per_second(self) -> float:
         return self.steps / self.train_seconds if self.train_seconds else 0.0
