@@ -26,14 +26,14 @@ def test_create_and_train_a_hypernetwork_with_previews(tmp_path):
         names = [t.strip() for t in page.get_by_role("tab").all_inner_texts()]
         assert names.index("Create embedding") < names.index("Create hypernetwork") < names.index("Preprocess images")
 
-        # Create hypernetwork: the demo model's widths (text 32, attention 64) are the ticked modules
+        # Create hypernetwork: the demo model's widths (text 64, attention 128) are the ticked modules
         open_train_subtab(page, "Create hypernetwork")
         sizes = page.locator("#train_new_hypernetwork_sizes")
 
         def size_box(size):
             return sizes.get_by_role("checkbox", name=size, exact=True)
 
-        assert size_box("32").is_checked() and size_box("64").is_checked() and not size_box("768").is_checked()
+        assert size_box("64").is_checked() and size_box("128").is_checked() and not size_box("768").is_checked()
         fill(page, "train_new_hypernetwork_name", "browser-hn")
         fill(page, "train_new_hypernetwork_layer_structure", "1, 1.5, 1")
         page.keyboard.press("Escape")  # Tab moved focus into the activation dropdown, which opened its list
