@@ -54,3 +54,22 @@ def test_textual_inversion_teaches_it_a_new_word(demo_model, tmp_path):
     before, after = run.part_rates(concept, "before"), run.part_rates(concept, "after")
     assert before["background"] <= 0.25, [r.verdict.describe() for r in run.before]
     assert after["background"] >= 0.75, [r.verdict.describe() for r in run.after]
+
+
+def test_cli_sizes_default_to_the_models_native_size(tmp_path):
+    import json
+
+    from helpers_cli import run_cli, workdir
+
+    work = workdir(tmp_path)
+    assert run_cli(["make-demo-dataset", "shapes", "--count", 2], work)[0] == 0
+    assert run_cli(["create-embedding", "--name", "shape"], work)[0] == 0
+    code, out, err = run_cli(["train-embedding", "--name", "shape", "--dataset", "shapes", "--steps", 2,
+                              "--save-every", 0, "--preview-every", 0, "--seed", 1, "--quiet"], work)
+    assert code == 0, err
+    [settings] = (work / "textual_inversion").rglob("settings-*.json")
+    assert json.loads(settings.read_text())["width"] == 128 and json.loads(settings.read_text())["height"] == 128
+    code, out, err = run_cli(["txt2img", "--prompt", "a red circle", "--steps", 2, "--out", "a.png"], work)
+    assert code == 0, err
+    from PIL import Image
+    assert Image.open(work / "a.png").size == (128, 128)
