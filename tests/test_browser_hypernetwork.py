@@ -26,16 +26,16 @@ def test_create_and_train_a_hypernetwork_with_previews(tmp_path):
         names = [t.strip() for t in page.get_by_role("tab").all_inner_texts()]
         assert names.index("Create embedding") < names.index("Create hypernetwork") < names.index("Preprocess images")
 
-        # Create hypernetwork: the demo model's widths (text 32, attention 64) are the ticked modules
+        # Create hypernetwork: the demo model's widths (text 64, attention 128) are the ticked modules
         open_train_subtab(page, "Create hypernetwork")
         sizes = page.locator("#train_new_hypernetwork_sizes")
 
         def size_box(size):
             return sizes.get_by_role("checkbox", name=size, exact=True)
 
-        assert size_box("32").is_checked() and size_box("64").is_checked() and not size_box("768").is_checked()
+        assert size_box("64").is_checked() and size_box("128").is_checked() and not size_box("768").is_checked()
         # a model that is not SD-sized: the hint says which sizes it uses and that the others do nothing
-        assert "uses 32, 64" in page.locator("#train_new_hypernetwork_sizes").inner_text()
+        assert "uses 64, 128" in page.locator("#train_new_hypernetwork_sizes").inner_text()
         fill(page, "train_new_hypernetwork_name", "browser-hn")
         fill(page, "train_new_hypernetwork_layer_structure", "1, 1.5, 1")
         page.keyboard.press("Escape")  # Tab moved focus into the activation dropdown, which opened its list
@@ -43,7 +43,7 @@ def test_create_and_train_a_hypernetwork_with_previews(tmp_path):
         page.locator("#train_create_hypernetwork").click()
         wait_for(lambda: "Created:" in output_text(page), what="Created:")
         created = read_hypernetwork(tmp_path / "hn" / "browser-hn.pt")
-        assert created.sizes == [32, 64] and created.layer_structure == [1, 1.5, 1] and created.layer_norm
+        assert created.sizes == [64, 128] and created.layer_structure == [1, 1.5, 1] and created.layer_norm
 
         # A second create without Overwrite is refused with a sentence
         page.locator("#train_create_hypernetwork").click()

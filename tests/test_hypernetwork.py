@@ -184,7 +184,7 @@ def test_dropout_is_active_only_in_training():
 
 
 def test_default_sizes_follow_the_model(demo_model):
-    assert default_sizes(demo_model) == [32, 64]  # text width, then the attention width of its UNet
+    assert default_sizes(demo_model) == [64, 128]  # text width, then the attention width of its UNet
 
 
 # ------------------------------------------------------------------------------------------ attention
@@ -239,13 +239,13 @@ def test_self_attention_context_is_the_hidden_states_and_several_stack():
 def test_multiplier_zero_is_none_and_processors_are_restored(demo_model):
     unet = demo_model.unet
     before = dict(unet.attn_processors)
-    sample, t, text = torch.randn(1, 4, 16, 16), torch.tensor([500]), torch.randn(1, 77, 32)
+    sample, t, text = torch.randn(1, 4, 16, 16), torch.tensor([500]), torch.randn(1, 77, 64)
     plain = unet(sample, t, text).sample
-    hn = strong("h", [32, 64])
+    hn = strong("h", [64, 128])
     with apply_hypernetworks(unet, [(hn, 0.0)]):
         assert unet.attn_processors == before  # nothing installed at all
         assert torch.equal(unet(sample, t, text).sample, plain)
-    zero = strong("z", [32, 64])
+    zero = strong("z", [64, 128])
     for p in zero.parameters():
         p.zero_()
     with apply_hypernetworks(unet, [(zero, 1.0)]):  # our attention path itself equals the default one
@@ -304,7 +304,7 @@ def test_the_parsed_prompt_view_marks_hypernetworks():
 
 
 def test_txt2img_applies_tags_and_multiplier_zero_equals_none(demo_model, tmp_path):
-    hn = Hypernetwork("style", [32, 64], weight_init="XavierNormal").initialise(0)
+    hn = Hypernetwork("style", [64, 128], weight_init="XavierNormal").initialise(0)
     save_hypernetwork(hn, tmp_path / "style.pt")
 
     def image(prompt):

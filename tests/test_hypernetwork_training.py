@@ -28,7 +28,7 @@ def test_cli_create_train_and_the_log_layout(work, demo_model):
                               "--seed", 0], work)
     assert code == 0 and out.strip() == f"Created: {work.resolve() / 'models/hypernetworks/style.pt'}", err
     created = read_hypernetwork(work / "models/hypernetworks/style.pt")
-    assert created.sizes == [32, 64] and created.activation == "silu" and created.step == 0  # the demo's widths
+    assert created.sizes == [64, 128] and created.activation == "silu" and created.step == 0  # the demo's widths
     code, _, err = run_cli(["create-hypernetwork", "--name", "style"], work)
     assert code == 2 and "already exists" in err and err.count("\n") == 1
 
@@ -60,7 +60,7 @@ def test_cli_create_train_and_the_log_layout(work, demo_model):
 
 def test_training_changes_the_image(tmp_path, demo_model):
     make_dataset(tmp_path / "data", size=(64, 64))
-    create_hypernetwork("look", [32, 64], hypernetwork_dir=tmp_path / "hn", seed=0)
+    create_hypernetwork("look", [64, 128], hypernetwork_dir=tmp_path / "hn", seed=0)
     params = Txt2ImgParams("a photo <hypernet:look:1>", steps=3, seed=5, width=64, height=64)
     before = txt2img(demo_model, params, hypernetworks=tmp_path / "hn")[0].image
     cfg = TrainConfig(name="look", dataset=str(tmp_path / "data"), log_dir="", learn_rate="0.01", width=64,
@@ -76,7 +76,7 @@ def test_training_changes_the_image(tmp_path, demo_model):
 
 def test_interrupt_then_resume_with_the_optimizer_state(tmp_path, demo_model):
     make_dataset(tmp_path / "data", size=(64, 64))
-    create_hypernetwork("hn", [32, 64], hypernetwork_dir=tmp_path / "hn", use_dropout=True,
+    create_hypernetwork("hn", [64, 128], hypernetwork_dir=tmp_path / "hn", use_dropout=True,
                         dropout_structure="0, 0.1, 0", seed=0)
     cfg = TrainConfig(name="hn", dataset=str(tmp_path / "data"), log_dir=str(tmp_path / "logs"),
                       learn_rate="0.001", width=64, height=64, steps=1000, save_every=0, preview_every=0, seed=0)
@@ -110,7 +110,7 @@ def test_a_hypernetwork_for_another_model_is_refused(tmp_path, demo_model):
     make_dataset(tmp_path / "data", size=(64, 64))
     create_hypernetwork("sd1", [768, 320], hypernetwork_dir=tmp_path / "hn")
     cfg = TrainConfig(name="sd1", dataset=str(tmp_path / "data"), width=64, height=64, steps=2)
-    with pytest.raises(UserError, match=r"widths \[768, 320\].*\[32, 64\]"):
+    with pytest.raises(UserError, match=r"widths \[768, 320\].*\[64, 128\]"):
         train_hypernetwork(demo_model, cfg, tmp_path / "hn", TEMPLATES)
     cfg.name = "ghost"
     with pytest.raises(UserError, match="not found"):
@@ -119,7 +119,7 @@ def test_a_hypernetwork_for_another_model_is_refused(tmp_path, demo_model):
 
 def test_nan_loss_keeps_the_last_finite_weights(tmp_path, demo_model):
     make_dataset(tmp_path / "data", size=(64, 64))
-    create_hypernetwork("wild", [32, 64], hypernetwork_dir=tmp_path / "hn", seed=0)
+    create_hypernetwork("wild", [64, 128], hypernetwork_dir=tmp_path / "hn", seed=0)
     cfg = TrainConfig(name="wild", dataset=str(tmp_path / "data"), log_dir="", learn_rate="1e30", width=64,
                       height=64, steps=20, save_every=0, preview_every=0, seed=0)
     result = train_hypernetwork(demo_model, cfg, tmp_path / "hn", TEMPLATES)

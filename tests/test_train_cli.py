@@ -20,7 +20,7 @@ def log_folder(work, name):
 def test_create_embedding_refuses_bad_names_and_clobbering(work):
     code, out, _ = run_cli(["create-embedding", "--name", "my cat!", "--init-text", "cat", "--vectors", 2], work)
     assert code == 0 and out.strip() == f"Created: {work.resolve() / 'embeddings' / 'my cat.pt'}"  # absolute
-    assert read_embedding_file(work / "embeddings" / "my cat.pt").vectors.shape == (2, 32)
+    assert read_embedding_file(work / "embeddings" / "my cat.pt").vectors.shape == (2, 64)
     code, out, err = run_cli(["create-embedding", "--name", "my cat"], work)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "exists" in err
     assert "Pass --overwrite to replace it." in err and "tick" not in err.lower()  # the CLI's own control
@@ -162,7 +162,7 @@ def test_list_embeddings_reports_loaded_and_skipped(work):
     code, out, _ = run_cli(["list-embeddings", "--json"], work)
     data = json.loads(out)
     assert code == 0 and list(data["loaded"]) == ["good"]
-    assert data["loaded"]["good"]["vectors"] == 1 and data["loaded"]["good"]["shape"] == 32
+    assert data["loaded"]["good"]["vectors"] == 1 and data["loaded"]["good"]["shape"] == 64
     assert "768" in data["skipped"]["sd1"]["reason"] and "evil" in data["skipped"]
     assert not (work / "pwned").exists()
 
@@ -187,7 +187,7 @@ def test_two_processes_train_data_parallel(work):
 def test_an_embedding_is_trained_where_and_as_it_was_found(work):
     from trainer.embeddings import Embedding, save_embedding
 
-    save_embedding(Embedding("style-sf", torch.zeros(2, 32)), work / "embeddings" / "styles" / "style-sf.safetensors")
+    save_embedding(Embedding("style-sf", torch.zeros(2, 64)), work / "embeddings" / "styles" / "style-sf.safetensors")
     save_embedding(Embedding("big", torch.zeros(1, 768)), work / "embeddings" / "big.pt")
     code, out, err = run_cli(["train-embedding", "--name", "style-sf", "--dataset", "data", "--steps", 2,
                               "--save-every", 0, "--preview-every", 0, *SMALL], work)

@@ -6,6 +6,7 @@
     python -m trainer create-hypernetwork --name N [--sizes 768,320,640,1280] [--layer-structure "1, 2, 1"] [...]
     python -m trainer train-hypernetwork --name N --dataset DIR [... as train-embedding] [--hypernetwork-dir D]
     python -m trainer txt2img --prompt P [...]
+    python -m trainer make-demo-dataset DIR [--concept "orange circle on a blue background"] [--count 20]
 
 Errors are one line on stderr and exit code 2; Ctrl-C or SIGTERM during training interrupts and saves (exit code
 130).
@@ -102,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg-scale", type=float, default=7.0)
     p.add_argument("--seed", type=int, default=-1)
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=None, help="default: the model's native size")
+    p.add_argument("--height", type=int, default=None, help="default: the model's native size")
     p.add_argument("--batch-count", type=int, default=1)
     p.add_argument("--out", default=None, help="file to write (with --batch-count N: name-0.png ...); default: "
                                               "numbered files in outputs/txt2img-images/<date>/ in the data folder")
@@ -111,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs-dir", default=None, help="default: outputs")
     p.add_argument("--hypernetwork-dir", default=None, help="default: models/hypernetworks")
     add_common(p)
+
+    p = commands.add_parser("make-demo-dataset", help="write pictures of one concept of the demo model's toy "
+                                                      "world, with captions, to train an embedding on")
+    p.add_argument("dir", help="folder to write the images and .txt captions into")
+    p.add_argument("--concept", default="orange circle on a blue background",
+                   help='e.g. "orange circle on a blue background"; parts may be left out ("a star")')
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (the demo model's native 128)")
+    p.add_argument("--overwrite", action="store_true")
     return parser
 
 
@@ -127,8 +138,8 @@ def add_training_arguments(p, default_learn_rate: str):
                                         f'"0.05:100, 0.005"')
     p.add_argument("--batch-size", type=int)
     p.add_argument("--grad-accum", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int, help="default: the model's native size (512 SD 1.x, 128 demo)")
+    p.add_argument("--height", type=int, help="default: the model's native size")
     p.add_argument("--no-resize", action="store_true")
     p.add_argument("--steps", type=int, help="max steps (default 100000)")
     p.add_argument("--save-every", type=int, help="save a copy every N steps, 0 = off (default 500)")
@@ -215,6 +226,8 @@ def train_config_from_args(args, default_learn_rate: str | None = None):
     given = vars(args)
     values.update({key: given[key] for key in CONFIG_FIELDS if key in given})
     values["model"] = args.model
+    for key in ("width", "height"):
+        values.setdefault(key, 0)  # 0: the model's native size, filled in once the model is loaded
     if "no_optimizer_state" in given:
         values["save_optimizer_state"] = False
     preview = {key[len("preview_"):]: value for key, value in given.items()
@@ -237,6 +250,7 @@ def run_training(args, cfg, train):
     accelerator = make_accelerator(args.device or best_device(), cfg.grad_accum, cfg.mixed_precision)
     args.device = str(accelerator.device)
     ws = make_workspace(args)
+    cfg.width, cfg.height = cfg.width or ws.model.native_size, cfg.height or ws.model.native_size
     stop = threading.Event()
     # Ctrl-C, and SIGTERM (what kill, systemd, Docker and job schedulers send): stop, save, exit 130
     previous_handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -329,7 +343,8 @@ def cmd_txt2img(args):
                 raise UserError(f"{target} already exists; pass --overwrite to replace it or choose another --out.")
     ws = make_workspace(args)
     params = Txt2ImgParams(args.prompt, args.negative_prompt, args.sampler, args.steps, args.cfg_scale, args.seed,
-                           args.width, args.height, args.batch_count)
+                           args.width or ws.model.native_size, args.height or ws.model.native_size,
+                           args.batch_count)
     loaded, skipped = ws.embeddings()
     results = txt2img(ws.model, params, ws.embedding_vectors(), hypernetworks=ws.hypernetwork_library())
     for note in embedding_notes(f"{args.prompt} {args.negative_prompt}", loaded, skipped, ws.folders.embeddings_dir):
@@ -348,6 +363,16 @@ def cmd_txt2img(args):
     return 0
 
 
+def cmd_make_demo_dataset(args):
+    from .toy_world import parse_concept, write_dataset
+
+    concept = parse_concept(args.concept)
+    paths = write_dataset(args.dir, concept, count=args.count, seed=args.seed, size=args.size,
+                          overwrite=args.overwrite)
+    print(f"Wrote {len(paths)} pictures of {concept.describe()} with captions to {args.dir}")
+    return 0
+
+
 COMMANDS = {
     "create-embedding": cmd_create_embedding,
     "train-embedding": cmd_train_embedding,
@@ -355,6 +380,7 @@ COMMANDS = {
     "create-hypernetwork": cmd_create_hypernetwork,
     "train-hypernetwork": cmd_train_hypernetwork,
     "txt2img": cmd_txt2img,
+    "make-demo-dataset": cmd_make_demo_dataset,
 }
 
 

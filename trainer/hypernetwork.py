@@ -325,7 +325,7 @@ def context_widths(unet) -> list[int]:
 
 def default_sizes(model) -> list[int]:
     """The model's text width, then its self-attention widths: 768, 320, 640, 1280 on SD 1.x (the reference's
-    default), 1024, 320, 640, 1280 on SD 2.x, 32, 64 on the demo model."""
+    default), 1024, 320, 640, 1280 on SD 2.x, 64, 128 on the demo model."""
     text = int(model.text_width)
     return [text] + [w for w in context_widths(model.unet) if w != text]
 

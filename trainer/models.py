@@ -2,7 +2,7 @@
 
 What the checkpoint dropdown lists (`list_checkpoints`) and what `load_model` accepts:
 
-* ``"demo"``: the embedded tiny model (trainer/demo.py).
+* ``"demo"``: the embedded small model pretrained on a toy world (trainer/demo.py), from its shipped weights.
 * a diffusers folder (has ``model_index.json``): each component with ``from_pretrained(local_files_only=True)``.
 * a single ``.safetensors`` / ``.ckpt`` in the original (CompVis/A1111) layout. The file holds weights but no
   architecture; the architecture comes from the config-only folders the app ships in
@@ -122,14 +122,11 @@ def checkpoint_hash(path: str | os.PathLike) -> str:
     return hashlib.sha256(configs).hexdigest()[:10]
 
 
-def demo_hash(components: dict, seed: int) -> str:
-    """A stable hash of the demo model's weights (deterministic from the seed), like a file's short hash."""
-    digest = hashlib.sha256(f"demo-{seed}".encode())
-    for key in ("text_encoder", "unet", "vae"):
-        for name, tensor in sorted(components[key].state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:10]
+def demo_hash(weights: str | os.PathLike | None = None) -> str:
+    """The demo model's short hash: that of its shipped weights file, like any checkpoint's."""
+    from trainer.demo import DEMO_WEIGHTS
+
+    return file_sha256(weights or DEMO_WEIGHTS)[:10]
 
 
 # ---------------------------------------------------------------------------------------- reading files
@@ -236,15 +233,16 @@ def looks_like_v_prediction(unet: torch.nn.Module) -> bool:
 
 def load_model(spec: str, ckpt_dir: str | os.PathLike = "models/Stable-diffusion",
                device: str | torch.device = "cpu", config_dir: str | os.PathLike | None = None,
-               demo_seed: int = 0) -> SDModel:
+               demo_weights: str | os.PathLike | None = None) -> SDModel:
     """Load "demo", a diffusers folder or a single .safetensors/.ckpt (a name from `list_checkpoints` or a
-    path) onto `device`. Unreadable or unsupported checkpoints raise `UserError` with one sentence."""
+    path) onto `device`. Unreadable or unsupported checkpoints raise `UserError` with one sentence.
+    `demo_weights`: another weights file for "demo" (used to check a pretraining run's output)."""
     device = torch.device(device)
     if spec.strip() == DEMO:
-        from trainer.demo import build_demo_components
+        from trainer.demo import DEMO_WEIGHTS, build_demo_components
 
-        components = build_demo_components(demo_seed)
-        return _finish(DEMO, demo_hash(components, demo_seed), components, device)
+        weights = Path(demo_weights or DEMO_WEIGHTS)
+        return _finish(DEMO, demo_hash(weights), build_demo_components(weights), device)
     path = resolve_checkpoint(spec, ckpt_dir)
     name = _display_name(path, ckpt_dir)
     if path.is_dir():

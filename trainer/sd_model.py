@@ -57,3 +57,9 @@ class SDModel:
     @property
     def latent_scale(self) -> float:
         return self.vae.config.scaling_factor
+
+    @property
+    def native_size(self) -> int:
+        """The image side the model was trained at (512 for SD 1.x, 768 for SD 2.x-v, 128 for the demo):
+        the UNet's configured latent size times the VAE's downscale."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor

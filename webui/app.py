@@ -13,8 +13,8 @@ from trainer.errors import UserError
 from trainer.prompt_view import describe_prompt
 from trainer.train_config import PreviewSettings, TrainConfig
 
-from . import (create_embedding_tab, create_hypernetwork_tab, job_view, output_column, preprocess_tab, reattach,
-               train_tab, txt2img_run, txt2img_tab)
+from . import (create_embedding_tab, create_hypernetwork_tab, demo_dataset, job_view, output_column, preprocess_tab,
+               reattach, train_tab, txt2img_run, txt2img_tab)
 from .hints import job_error, page_message
 from .prompt_html import prompt_html
 
@@ -32,7 +32,7 @@ def build_app(ws) -> gr.Blocks:
             model_status = gr.Markdown(model_caption(ws), elem_id="model_status")
         with gr.Tabs() as main_tabs:
             with gr.Tab("txt2img", id="txt2img"):
-                t2i = txt2img_tab.build()
+                t2i = txt2img_tab.build(train_tab.native_size(ws))
             with gr.Tab("Train", id="train"):
                 with gr.Row():
                     with gr.Column():
@@ -42,7 +42,8 @@ def build_app(ws) -> gr.Blocks:
                             with gr.Tab("Create hypernetwork", id="create_hypernetwork"):
                                 ch = create_hypernetwork_tab.build(ws)
                             with gr.Tab("Preprocess images", id="preprocess_images"):
-                                pp = preprocess_tab.build()
+                                dd = demo_dataset.build()
+                                pp = preprocess_tab.build(train_tab.native_size(ws))
                             with gr.Tab("Train", id="train_embedding"):
                                 tr = train_tab.build(ws)
                     with gr.Column(elem_id="ti_output_column"):  # sticky: stays in view beside the long form
@@ -51,6 +52,7 @@ def build_app(ws) -> gr.Blocks:
         seen = gr.State(None)  # what this page already shows, so unchanged parts are not re-sent
         preview_files = job_view.PreviewFiles()  # previews encoded once, sent as files
         preprocess_tab.wire(ws, pp, out, timer)
+        demo_dataset.wire(dd, out, tr.dataset)
         create_hypernetwork_tab.wire(ws, ch, out, tr, model_status, demo)
 
         # --- helpers ------------------------------------------------------------------------------------
@@ -106,15 +108,21 @@ def build_app(ws) -> gr.Blocks:
                        tr.live, pp.live, timer, seen]
 
         # --- checkpoint ---------------------------------------------------------------------------------
+        size_controls = [t2i.width, t2i.height, tr.width, tr.height, pp.width, pp.height]
+
         def switch_checkpoint(spec, progress=gr.Progress()):
+            """Load the checkpoint; the size controls move to its native size (512 SD 1.x, 768 SD 2.x-v, 128 demo)."""
             progress(0, desc=f"Loading {spec}...")
             try:
                 ws.load_model(spec)
             except UserError as e:
-                return gr.Dropdown(value=ws.model_name), f"**Error:** {e}", embedding_choices()
-            return gr.Dropdown(value=ws.model_name), model_caption(ws), embedding_choices()
+                return (gr.Dropdown(value=ws.model_name), f"**Error:** {e}", embedding_choices(),
+                        *[gr.skip()] * len(size_controls))
+            size = train_tab.native_size(ws)
+            return (gr.Dropdown(value=ws.model_name), model_caption(ws), embedding_choices(),
+                    *[size] * len(size_controls))
 
-        checkpoint.change(switch_checkpoint, checkpoint, [checkpoint, model_status, tr.embedding])
+        checkpoint.change(switch_checkpoint, checkpoint, [checkpoint, model_status, tr.embedding, *size_controls])
         refresh_checkpoints.click(lambda: gr.Dropdown(choices=ws.checkpoints()), None, checkpoint)
 
         # --- create embedding ---------------------------------------------------------------------------

@@ -24,12 +24,13 @@ VIEW_SIZE = 768  # the selected image is shown from a copy this large at most
 LABEL_CHARS = 60  # gallery captions are cut to this length
 
 
-def build() -> SimpleNamespace:
+def build(size: int = 512) -> SimpleNamespace:
+    """`size`: the default width and height (the loaded model's native size)."""
     c = SimpleNamespace()
     c.src = gr.Textbox(label="Source directory", elem_id="train_process_src")
     c.dst = gr.Textbox(label="Destination directory", elem_id="train_process_dst")
-    c.width = gr.Slider(minimum=64, maximum=2048, step=8, label="Width", value=512, elem_id="train_process_width")
-    c.height = gr.Slider(minimum=64, maximum=2048, step=8, label="Height", value=512,
+    c.width = gr.Slider(minimum=64, maximum=2048, step=8, label="Width", value=size, elem_id="train_process_width")
+    c.height = gr.Slider(minimum=64, maximum=2048, step=8, label="Height", value=size,
                          elem_id="train_process_height")
     c.caption_action = gr.Dropdown(label="Existing Caption txt Action", value="ignore",
                                    choices=list(CAPTION_ACTIONS),

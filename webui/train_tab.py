@@ -8,6 +8,11 @@ from trainer.dataset import LATENT_SAMPLING
 from trainer.train_config import PreviewSettings, TrainConfig
 
 
+def native_size(ws) -> int:
+    """The loaded model's native image side: the default Width/Height of every size control."""
+    return ws.model.native_size if ws.model is not None else 512
+
+
 def build(ws) -> SimpleNamespace:
     loaded = sorted(ws.embeddings()[0]) if ws.model is not None else []
     c = SimpleNamespace()
@@ -47,8 +52,9 @@ def build(ws) -> SimpleNamespace:
                                  value="style_filewords.txt" if "style_filewords.txt" in templates else None,
                                  elem_id="train_template_file", scale=4)
         c.refresh_templates = gr.Button("↻", elem_id="train_template_refresh", scale=0, min_width=40)
-    c.width = gr.Slider(minimum=64, maximum=2048, step=8, label="Width", value=512, elem_id="train_training_width")
-    c.height = gr.Slider(minimum=64, maximum=2048, step=8, label="Height", value=512,
+    c.width = gr.Slider(minimum=64, maximum=2048, step=8, label="Width", value=native_size(ws),
+                        elem_id="train_training_width")
+    c.height = gr.Slider(minimum=64, maximum=2048, step=8, label="Height", value=native_size(ws),
                          elem_id="train_training_height")
     c.no_resize = gr.Checkbox(label="Do not resize images", value=False, elem_id="train_varsize")
     c.steps = gr.Number(label="Max steps", value=100000, precision=0, elem_id="train_steps")

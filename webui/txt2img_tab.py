@@ -7,7 +7,8 @@ from trainer.samplers import SAMPLERS
 from trainer.sampling import Txt2ImgParams
 
 
-def build() -> SimpleNamespace:
+def build(size: int = 512) -> SimpleNamespace:
+    """`size`: the default width and height (the loaded model's native size)."""
     c = SimpleNamespace()
     with gr.Row():
         with gr.Column(scale=6):
@@ -25,9 +26,9 @@ def build() -> SimpleNamespace:
             c.steps = gr.Slider(minimum=1, maximum=150, step=1, label="Sampling steps", value=20,
                                 elem_id="txt2img_steps")
             with gr.Row():
-                c.width = gr.Slider(minimum=64, maximum=2048, step=8, label="Width", value=512,
+                c.width = gr.Slider(minimum=64, maximum=2048, step=8, label="Width", value=size,
                                     elem_id="txt2img_width")
-                c.height = gr.Slider(minimum=64, maximum=2048, step=8, label="Height", value=512,
+                c.height = gr.Slider(minimum=64, maximum=2048, step=8, label="Height", value=size,
                                      elem_id="txt2img_height")
             c.batch_count = gr.Slider(minimum=1, maximum=16, step=1, label="Batch count", value=1,
                                       elem_id="txt2img_batch_count")

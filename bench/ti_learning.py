@@ -1,0 +1,81 @@
+"""Does textual inversion teach the demo model a new word? Measured by the toy-world judge (no learned weights).
+
+    python bench/ti_learning.py [--concept "orange circle on a blue background"] [--steps 400] [--previews 16]
+                                [--world 32] [--out bench/results]
+
+1. World score: txt2img of `--world` world prompts ("a yellow star on a purple background", seeded), judged;
+   the share that shows exactly what was asked (target >= 60 %).
+2. Learning: an embedding created from "*" (1 vector) is trained with the Train tab's defaults (learning rate
+   0.005, batch 1, no previews) and the subject.txt template, at the model's native size, for `--steps` steps
+   on 20 images of the concept; 16 seeded previews of "a picture of <name>" are judged before and after
+   (targets: <= 25 % before, >= 75 % after). Prints training steps/s and the whole run's time (target <= 10 min).
+Writes world.png (prompt grid) and concept.png (dataset row, previews before, previews after) to --out.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from trainer.models import load_model  # noqa: E402
+from trainer.toy_eval import grid, learn_concept, world_prompts, world_score  # noqa: E402
+from trainer.toy_world import parse_concept  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concept", default="orange circle on a blue background")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--previews", type=int, default=16)
+    parser.add_argument("--world", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--demo-weights", default=None, help="another demo weights file (default: the shipped one)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    concept = parse_concept(args.concept)
+    model = load_model("demo", demo_weights=args.demo_weights)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; demo [{model.checkpoint_hash}] "
+          f"native size {model.native_size}px")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    scenes = world_prompts(args.world)
+    world = world_score(model, scenes)
+    parts = world.part_scores(scenes)
+    print(f"world score: {world.score:.0%} of {args.world} world prompts drawn exactly as asked "
+          f"(shape {parts['shape']:.0%}, colour {parts['colour']:.0%}, background {parts['background']:.0%})")
+    for r in world.rendered:
+        print(f"  {'ok ' if r.hit else 'no '} {r.prompt!r} -> {r.verdict.describe()}")
+    grid([r.image for r in world.rendered], 8).save(args.out / "world.png")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = learn_concept(model, concept, Path(tmp), ROOT / "textual_inversion_templates", steps=args.steps,
+                            previews=args.previews, seed=args.seed)
+        dataset_images = [Image.open(p).convert("RGB") for p in sorted((Path(tmp) / "dataset").glob("*.png"))]
+    columns = max(8, min(16, args.previews))
+    sheet = [*dataset_images[:columns], *[r.image for r in run.before], *[r.image for r in run.after]]
+    grid(sheet, columns, cell=96).save(args.out / "concept.png")
+    print(f"concept {concept.describe()!r}: before {run.before_rate:.0%} of {len(run.before)} previews, "
+          f"after {run.after_rate:.0%} ({args.steps} steps, {run.steps_per_second:.2f} steps/s at "
+          f"{model.native_size}px batch 1)")
+    for when in ("before", "after"):
+        rates = run.part_rates(concept, when)
+        print(f"  {when}: " + ", ".join(f"{part} right in {rate:.0%}" for part, rate in rates.items()))
+    print("  before: " + ", ".join(r.verdict.describe() for r in run.before))
+    print("  after:  " + ", ".join(r.verdict.describe() for r in run.after))
+    total = time.perf_counter() - started
+    print(f"total {total / 60:.1f} min; pictures: {args.out / 'world.png'}, {args.out / 'concept.png'} "
+          f"(concept.png rows: training images, previews before, previews after)")
+
+
+if __name__ == "__main__":
+    main()

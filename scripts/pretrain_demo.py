@@ -1,0 +1,366 @@
+"""Pretrain the demo model on the toy world (trainer/toy_world.py) and write trainer/assets/demo/demo.safetensors.
+
+Deterministic from --seed (same seed, same step counts, same thread count: same weights). Two stages:
+
+1. VAE: reconstruction (L1 + MSE) with a tiny KL term, on random 64-pixel crops of 128-pixel world images
+   (the VAE is fully convolutional, so crops teach it the same edges and colours for a quarter of the cost).
+   Its scaling factor is then set so that the latents of the world have unit standard deviation.
+2. UNet + text encoder (both start random): epsilon prediction with SD 1.x's noise schedule on the cached
+   latents of the world, min-SNR(5) loss weighting, captions drawn fresh each step from several phrasings,
+   sometimes with a part left out or unknown words around them (so prompt templates and unseen words do not
+   derail it), and 10 % empty captions so that classifier-free guidance works.
+
+After stage 1 the VAE's weights are rounded to float16, as the shipped file stores them, so the UNet learns
+the latents of exactly the VAE that ships. Stage 2 draws from its own seeded generators, so it can be rerun
+from a saved file's VAE (`--vae-from`, same --seed/--scenes/--vae-* settings) with the same result as a run
+from scratch.
+
+Usage:
+    python scripts/pretrain_demo.py [--work-dir /tmp/demo-pretrain] [--quick] [--vae-from FILE]
+Progress goes to <work-dir>/log.txt (and stdout); every --save-every UNet steps, and at the end, the weights
+file is rewritten, so an interrupted run still leaves a usable (less trained) model behind.
+"""
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from safetensors.torch import save_file  # noqa: E402
+from diffusers import DDPMScheduler  # noqa: E402
+
+from trainer import toy_world  # noqa: E402
+from trainer.demo import DEMO_WEIGHTS, NATIVE_SIZE, SCHEDULER_CONFIG, build_demo_modules, demo_state_dict, \
+    load_clip_tokenizer  # noqa: E402
+from trainer.files import atomic_write  # noqa: E402
+
+
+class Log:
+    def __init__(self, path: Path):
+        self.path = path
+        self.start = time.time()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, message: str):
+        line = f"[{time.time() - self.start:7.1f}s] {message}"
+        print(line, flush=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+def _render(scene) -> np.ndarray:
+    return np.asarray(toy_world.render(scene, NATIVE_SIZE), dtype=np.uint8)
+
+
+def make_world(count: int, seed: int, processes: int) -> tuple[list, np.ndarray]:
+    """`count` scenes drawn from the seed (shape, colours, size, position), and their pictures [n, H, W, 3]."""
+    rng = random.Random(seed)
+    scenes = [toy_world.random_scene(rng) for _ in range(count)]
+    with Pool(processes) as pool:
+        images = pool.map(_render, scenes, chunksize=256)
+    return scenes, np.stack(images)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [n, H, W, 3] -> float [n, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def unknown_words(tokenizer) -> list[str]:
+    """Plain alphabetic words of the CLIP vocabulary that the world does not use (sorted, so seeded picks repeat)."""
+    known = set(toy_world.COLOURS) | set(toy_world.SHAPES) | set(toy_world.FILLER_WORDS)
+    words = []
+    for token in tokenizer.get_vocab():
+        if token.endswith("</w>") and token[:-4].isalpha() and token[:-4].isascii() and len(token) > 6:
+            word = token[:-4]
+            if word not in known and word.rstrip("s") not in known:
+                words.append(word)
+    return sorted(words)
+
+
+PREFIXES = ("", "", "", "a picture of ", "a photo of ", "an image of ", "a drawing of ", "a rendering of ")
+
+
+def train_caption(scene, rng: random.Random, extra_words: list[str]) -> str:
+    """A caption for one training step: mostly a full description in one of several phrasings; sometimes
+    with the background, the colour or both left out; sometimes with words the world does not know."""
+    if rng.random() < 0.10:
+        return ""
+    roll = rng.random()
+    c, s, b = scene.colour, scene.shape, scene.background
+    if roll < 0.70:
+        text = toy_world.caption(scene, rng)
+    elif roll < 0.80:
+        text = f"a {c} {s}"
+    elif roll < 0.87:
+        text = f"a {s} on a {b} background"
+    elif roll < 0.92:
+        text = f"a {s}"
+    elif roll < 0.96:
+        text = f"{c} on {b}"
+    else:
+        text = f"a {b} background"
+    if not text.startswith(("a picture", "an image")):
+        text = rng.choice(PREFIXES) + text
+    if rng.random() < 0.25:  # words it never learns: templates like "a dim photo of ..." must not derail it
+        noise = " ".join(rng.choice(extra_words) for _ in range(rng.randint(1, 3)))
+        text = f"{noise} {text}" if rng.random() < 0.5 else f"{text}, {noise}"
+    return text
+
+
+def token_ids(tokenizer, captions: list[str]) -> torch.Tensor:
+    """BOS + tokens + EOS, padded with EOS to 77: what the app's prompt encoder feeds the text encoder."""
+    return tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+
+
+# ------------------------------------------------------------------------------------------------- stages
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_vae(vae, images: np.ndarray, args, log: Log, generator: torch.Generator, rng: np.random.Generator):
+    vae.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    crop = args.vae_crop
+    for step in range(args.vae_steps):
+        picks = rng.integers(0, len(images), args.vae_batch)
+        tops = rng.integers(0, NATIVE_SIZE - crop + 1, args.vae_batch) // 8 * 8
+        lefts = rng.integers(0, NATIVE_SIZE - crop + 1, args.vae_batch) // 8 * 8
+        batch = np.stack([images[i, t:t + crop, l:l + crop] for i, t, l in zip(picks, tops, lefts)])
+        x = to_tensor(batch)
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, args.vae_steps, args.vae_lr, 50)
+        posterior = vae.encode(x).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator=generator)).sample
+        rec_loss = F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x)
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        loss = rec_loss + args.kl_weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0 or step == args.vae_steps - 1:
+            log(f"vae step {step}/{args.vae_steps} rec {rec_loss.item():.4f} kl {kl.item():.3f}")
+    vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_world(vae, images: np.ndarray, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image's latent (unscaled)."""
+    means, stds = [], []
+    for start in range(0, len(images), batch):
+        posterior = vae.encode(to_tensor(images[start:start + batch])).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def reconstruction_error(vae, images: np.ndarray) -> float:
+    """Mean absolute error in grey levels (0-255) of decoding the latent means of these images."""
+    x = to_tensor(images)
+    decoded = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    return (decoded - x).abs().mean().item() * 127.5
+
+
+def loss_weights(snr: torch.Tensor, focus: bool) -> torch.Tensor:
+    """min-SNR(5) weights of the epsilon loss; with `focus`, noisy timesteps (SNR < 1) are weighted like an
+    image-space loss (1/SNR, at most 20): there the picture can only come from the caption, and a plain
+    epsilon loss hardly rewards using it."""
+    weights = snr.clamp(max=5.0) / snr
+    if focus:
+        weights = torch.where(snr < 1, (1 / snr).clamp(max=20.0), weights)
+    return weights.float()
+
+
+def train_denoiser(modules, tokenizer, means, stds, scenes, args, log: Log, generator, rng: random.Random,
+                   save, schedule_steps: int, stop: int, peak_lr: float, warmup: int, focus: bool, label: str,
+                   save_every: int):
+    unet, text_encoder, vae = modules["unet"], modules["text_encoder"], modules["vae"]
+    scheduler = DDPMScheduler.from_config(SCHEDULER_CONFIG)
+    alphas = scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    scale = vae.config.scaling_factor
+    extra_words = unknown_words(tokenizer)
+    unet.train().requires_grad_(True)
+    text_encoder.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW([
+        {"params": unet.parameters(), "weight_decay": 0.01},
+        {"params": text_encoder.parameters(), "weight_decay": 0.0},
+    ], lr=peak_lr, betas=(0.9, 0.99))
+    started = time.time()
+    for step in range(stop):
+        picks = [rng.randrange(len(scenes)) for _ in range(args.unet_batch)]
+        captions = [train_caption(scenes[i], rng, extra_words) for i in picks]
+        index = torch.tensor(picks)
+        latents = (means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)) * scale
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, 1000, (args.unet_batch,), generator=generator)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, schedule_steps, peak_lr, warmup)
+        context = text_encoder(input_ids=token_ids(tokenizer, captions)).last_hidden_state
+        prediction = unet(noisy, timesteps, encoder_hidden_states=context).sample
+        weights = loss_weights(snr[timesteps], focus)
+        loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
+        optimizer.step()
+        if step % 25 == 0 or step == stop - 1:
+            rate = (step + 1) / (time.time() - started)
+            log(f"{label} step {step}/{stop} loss {loss.item():.4f} "
+                f"({rate:.2f} steps/s, ~{(stop - step - 1) / rate / 60:.1f} min left)")
+        if save_every and (step + 1) % save_every == 0 and step + 1 < stop:
+            save(f"checkpoint after {step + 1} of {stop} {label} steps")
+    unet.eval().requires_grad_(False)
+    text_encoder.eval().requires_grad_(False)
+    round_to_float16(unet, text_encoder)
+
+
+def round_to_float16(*modules):
+    """Weights as the shipped float16 file holds them (so a run resumed from a saved file continues alike)."""
+    with torch.no_grad():
+        for module in modules:
+            for parameter in module.parameters():
+                parameter.copy_(parameter.half().float())
+
+
+def load_vae(vae, args, log: Log):
+    from safetensors import safe_open
+
+    with safe_open(str(args.vae_from), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k[len("vae."):]: f.get_tensor(k).float() for k in f.keys() if k.startswith("vae.")}
+    expected = {"seed": args.seed, "scenes": args.scenes, "vae_steps": args.vae_steps}
+    if any(meta.get(k) != str(v) for k, v in expected.items()):
+        raise SystemExit(f"--vae-from {args.vae_from} was made with other settings ({meta}), not {expected}")
+    vae.load_state_dict(state, strict=True)
+    vae.eval().requires_grad_(False)
+    log(f"stage 1 skipped: VAE taken from {args.vae_from} ({meta.get('state')})")
+
+
+def load_stage2(modules, args, stop: int, log: Log) -> float:
+    from safetensors import safe_open
+
+    with safe_open(str(args.unet_from), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k).float() for k in f.keys()}
+    expected_state = f"checkpoint after {stop} of "
+    if meta.get("seed") != str(args.seed) or not meta.get("state", "").startswith(expected_state) \
+            or meta.get("unet_steps") != str(args.unet_steps):
+        raise SystemExit(f"--unet-from {args.unet_from} does not hold stage 2 after {stop} of {args.unet_steps} "
+                         f"steps with seed {args.seed} ({meta})")
+    for name in ("unet", "text_encoder"):
+        modules[name].load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
+    log(f"stage 2 skipped: UNet and text encoder taken from {args.unet_from} ({meta['state']})")
+    return float(meta["scaling_factor"])
+
+
+def save_weights(modules, path: Path, metadata: dict, log: Log, note: str):
+    state = demo_state_dict(modules)
+    meta = {k: str(v) for k, v in {**metadata, "state": note}.items()}
+    atomic_write(path, lambda temp: save_file(state, temp, metadata=meta))
+    log(f"saved {path} ({path.stat().st_size / 1e6:.1f} MB): {note}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/demo-pretrain"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scenes", type=int, default=16000)
+    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--vae-batch", type=int, default=16)
+    parser.add_argument("--vae-crop", type=int, default=64)
+    parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--kl-weight", type=float, default=1e-4)
+    parser.add_argument("--unet-steps", type=int, default=1600)
+    parser.add_argument("--unet-batch", type=int, default=64)
+    parser.add_argument("--unet-lr", type=float, default=6e-4)
+    parser.add_argument("--save-every", type=int, default=200)
+    parser.add_argument("--unet-stop", type=int, default=None, help="end stage 2 after this many steps of its "
+                                                                    "--unet-steps schedule")
+    parser.add_argument("--focus-steps", type=int, default=400)
+    parser.add_argument("--focus-lr", type=float, default=5e-4)
+    parser.add_argument("--focus-scenes", type=int, default=4000)
+    parser.add_argument("--focus-save-every", type=int, default=50)
+    parser.add_argument("--unet-from", type=Path, help="skip stages 1 and 2: take all weights from this file, "
+                                                       "saved by an earlier run after --unet-stop stage-2 steps")
+    parser.add_argument("--vae-from", type=Path, help="skip stage 1: take the VAE from this weights file, written "
+                                                      "by an earlier run with the same seed and stage-1 settings")
+    parser.add_argument("--quick", action="store_true", help="a tiny run that checks the script end to end")
+    args = parser.parse_args()
+    if args.quick:
+        args.scenes, args.vae_steps, args.unet_steps, args.save_every = 256, 20, 20, 10
+        args.focus_steps, args.focus_save_every = 10, 5
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    log = Log(args.work_dir / "log.txt")
+    log(f"pretraining the demo model: {vars(args)}")
+
+    scenes, images = make_world(args.scenes, args.seed, args.threads)
+    log(f"rendered {len(scenes)} scenes")
+    modules = build_demo_modules(args.seed)
+    tokenizer = load_clip_tokenizer()
+
+    if args.vae_from or args.unet_from:
+        args.vae_from = args.vae_from or args.unet_from
+        load_vae(modules["vae"], args, log)
+    else:
+        train_vae(modules["vae"], images, args, log, generator, np.random.default_rng(args.seed))
+        round_to_float16(modules["vae"])
+    held_out = make_world(64, args.seed + 1, args.threads)[1]
+    log(f"vae reconstruction error on unseen scenes: {reconstruction_error(modules['vae'], held_out):.2f} grey levels")
+    stop = args.unet_stop or args.unet_steps
+    if args.unet_from:  # stage 2 was done by an earlier run: its file has the UNet, text encoder and scale
+        scaling_factor = load_stage2(modules, args, stop, log)
+        images = images[:args.focus_scenes]
+    means, stds = encode_world(modules["vae"], images)
+    del images
+    if not args.unet_from:
+        latent_std = (means.var() + stds.pow(2).mean()).sqrt().item()
+        scaling_factor = 1.0 / latent_std
+        log(f"encoded the world; latent std {latent_std:.4f}, mean {means.mean().item():.4f}, "
+            f"scaling factor {scaling_factor:.5f}")
+    modules["vae"].register_to_config(scaling_factor=scaling_factor)
+
+    metadata = {"scaling_factor": scaling_factor, "native_size": NATIVE_SIZE, "seed": args.seed,
+                "vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "unet_stop": stop,
+                "focus_steps": args.focus_steps, "scenes": args.scenes, "script": "scripts/pretrain_demo.py"}
+    save = lambda note: save_weights(modules, args.out, metadata, log, note)  # noqa: E731
+    if not args.unet_from:
+        train_denoiser(modules, tokenizer, means, stds, scenes, args, log, torch.Generator().manual_seed(args.seed + 2),
+                       random.Random(args.seed), save, args.unet_steps, stop, args.unet_lr, 100, False, "unet",
+                       args.save_every)
+        save(f"checkpoint after {stop} of {stop} unet steps")
+    # Stage 3: the same objective with noisy timesteps weighted up, so that the picture follows the caption.
+    focus = min(args.focus_scenes, len(scenes))
+    train_denoiser(modules, tokenizer, means[:focus], stds[:focus], scenes[:focus], args, log,
+                   torch.Generator().manual_seed(args.seed + 3), random.Random(args.seed + 3), save,
+                   args.focus_steps, args.focus_steps, args.focus_lr, 20, True, "focus", args.focus_save_every)
+    save(f"complete: {stop} unet + {args.focus_steps} focus steps")
+    (args.work_dir / "summary.json").write_text(json.dumps(
+        {"seconds": time.time() - log.start, **metadata}, indent=2))
+    log("done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The shipped demo model knows its toy world, and textual inversion teaches it a new word (judged by OpenCV)."""
+import random
+
+import numpy as np
+import torch
+
+from trainer.demo import DEMO_WEIGHTS
+from trainer.models import file_sha256
+from trainer.toy_eval import learn_concept, world_prompts, world_score
+from trainer.toy_judge import judge
+from trainer.toy_world import random_scene, render, parse_concept
+
+ROOT = DEMO_WEIGHTS.parent.parent.parent.parent
+
+
+def test_the_demo_loads_from_its_small_shipped_weights(demo_model):
+    assert DEMO_WEIGHTS.stat().st_size <= 25 * 1024 * 1024
+    assert demo_model.checkpoint_hash == file_sha256(DEMO_WEIGHTS)[:10]
+    assert demo_model.native_size == 128 and demo_model.text_width == 64
+    assert demo_model.tokenizer.vocab_size == 49408
+    assert all(p.dtype == torch.float32 and not p.requires_grad for p in demo_model.unet.parameters())
+
+
+@torch.no_grad()
+def test_its_vae_reconstructs_the_world(demo_model):
+    rng = random.Random(5)
+    scenes = [random_scene(rng) for _ in range(8)]
+    pixels = np.stack([np.asarray(render(s)) for s in scenes])
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    decoded = demo_model.vae.decode(demo_model.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    back = ((decoded + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    assert np.abs(back.astype(float) - pixels).mean() < 20  # grey levels
+    named = [judge(image) for image in back]
+    assert sum((v.shape, v.colour, v.background) == (s.shape, s.colour, s.background)
+               for v, s in zip(named, scenes)) >= 7
+
+
+def test_txt2img_follows_the_background_the_world_prompt_asks_for(demo_model):
+    """The issue's target (>= 60 % of world prompts drawn exactly as asked) is NOT reached by the shipped
+    weights (bench/ti_learning.py measures ~6 %); what they do reliably is follow the words for colours: the
+    asked background comes out in half of these seeded pictures, against 1 in 7 by chance."""
+    scenes = world_prompts(8, seed=7)
+    result = world_score(demo_model, scenes, seed=20)
+    assert result.part_scores(scenes)["background"] >= 3 / 8, [r.verdict.describe() for r in result.rendered]
+
+
+def test_textual_inversion_teaches_it_a_new_word(demo_model, tmp_path):
+    """A small version of bench/ti_learning.py: an embedding from "*" trained 100 steps on "orange circle on
+    a blue background". Whole pictures are not yet right on these weights; the learned word already moves the
+    background from mostly elsewhere to blue in every preview."""
+    concept = parse_concept("orange circle on a blue background")
+    run = learn_concept(demo_model, concept, tmp_path, ROOT / "textual_inversion_templates", steps=100,
+                        previews=4, images=8, preview_steps=12)
+    before, after = run.part_rates(concept, "before"), run.part_rates(concept, "after")
+    assert before["background"] <= 0.25, [r.verdict.describe() for r in run.before]
+    assert after["background"] >= 0.75, [r.verdict.describe() for r in run.after]
+
+
+def test_cli_sizes_default_to_the_models_native_size(tmp_path):
+    import json
+
+    from helpers_cli import run_cli, workdir
+
+    work = workdir(tmp_path)
+    assert run_cli(["make-demo-dataset", "shapes", "--count", 2], work)[0] == 0
+    assert run_cli(["create-embedding", "--name", "shape"], work)[0] == 0
+    code, out, err = run_cli(["train-embedding", "--name", "shape", "--dataset", "shapes", "--steps", 2,
+                              "--save-every", 0, "--preview-every", 0, "--seed", 1, "--quiet"], work)
+    assert code == 0, err
+    [settings] = (work / "textual_inversion").rglob("settings-*.json")
+    assert json.loads(settings.read_text())["width"] == 128 and json.loads(settings.read_text())["height"] == 128
+    code, out, err = run_cli(["txt2img", "--prompt", "a red circle", "--steps", 2, "--out", "a.png"], work)
+    assert code == 0, err
+    from PIL import Image
+    assert Image.open(work / "a.png").size == (128, 128)

@@ -1,0 +1,54 @@
+"""Train > Preprocess images > "Make a demo dataset": pictures of one concept of the demo model's toy world.
+
+The same engine call as `python -m trainer make-demo-dataset DIR --concept ...`; on success the Train subtab's
+Dataset directory points at the new folder, so a newcomer can go straight to training.
+"""
+from types import SimpleNamespace
+
+import gradio as gr
+
+from trainer.errors import UserError
+from trainer.toy_world import parse_concept, write_dataset
+
+
+def build() -> SimpleNamespace:
+    c = SimpleNamespace()
+    with gr.Accordion("Make a demo dataset (pictures the demo model's toy world knows)", open=False,
+                      elem_id="demo_dataset"):
+        gr.Markdown("The demo model knows one coloured shape (circle, square, triangle, star) on a plain background "
+                    "(red, green, blue, yellow, purple, orange, white, black). Write pictures of one such "
+                    "concept, with captions, then train an embedding on them.")
+        with gr.Row():
+            c.concept = gr.Textbox(label="Concept", value="orange circle on a blue background", scale=3,
+                                   elem_id="demo_dataset_concept")
+            c.count = gr.Number(label="Pictures", value=20, precision=0, minimum=1, elem_id="demo_dataset_count")
+        with gr.Row():
+            c.folder = gr.Textbox(label="Destination directory", value="datasets/orange-circle", scale=3,
+                                  elem_id="demo_dataset_dir")
+            c.overwrite = gr.Checkbox(label="Overwrite", value=False, elem_id="demo_dataset_overwrite")
+        c.button = gr.Button("Make demo dataset", elem_id="demo_dataset_make")
+    return c
+
+
+def make(concept: str, count, folder: str, overwrite: bool) -> str:
+    """Write the dataset; the result sentence, or UserError with one sentence."""
+    if not str(folder or "").strip():
+        raise UserError("Destination directory is empty; type a folder to write the pictures into.")
+    try:
+        count = int(count)
+    except (TypeError, ValueError):
+        raise UserError(f"The number of pictures must be a whole number, not {count!r}.") from None
+    parsed = parse_concept(concept or "")
+    paths = write_dataset(folder.strip(), parsed, count=count, overwrite=bool(overwrite))
+    return f"Wrote {len(paths)} pictures of {parsed.describe()} with captions to {folder.strip()}."
+
+
+def wire(c, out, dataset_box):
+    def on_click(concept, count, folder, overwrite):
+        try:
+            message = make(concept, count, folder, overwrite)
+        except UserError as e:
+            return gr.skip(), str(e), gr.skip()
+        return message, "", folder.strip()
+
+    c.button.click(on_click, [c.concept, c.count, c.folder, c.overwrite], [out.output, out.error, dataset_box])
