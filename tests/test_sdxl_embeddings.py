@@ -56,21 +56,21 @@ def test_families_skip_each_others_embeddings_with_a_reason(sdxl_model, demo_mod
     create_embedding(demo_model.tokenizer, demo_model.text_encoder, "sd1style", embeddings_dir=folder)
     save_file({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, str(folder / "bigxl.safetensors"))
     torch.save({"string_to_param": {"*": torch.zeros(1, 768)}}, folder / "v15.pt")
-    save_file({"clip_l": torch.zeros(1, 16), "clip_g": torch.zeros(1, 16)}, str(folder / "narrowxl.safetensors"))
+    save_file({"clip_l": torch.zeros(1, 32), "clip_g": torch.zeros(1, 32)}, str(folder / "narrowxl.safetensors"))
 
     ws = Workspace(Folders(embeddings_dir=folder), model=sdxl_model)
     loaded, skipped = ws.embeddings()
     assert list(loaded) == ["xlstyle"]
     reasons = {name: reason for name, (_, reason) in skipped.items()}
-    assert reasons["sd1style"] == ("it is an SD 1.x/2.x embedding (32-wide vectors for one text encoder); "
+    assert reasons["sd1style"] == ("it is an SD 1.x/2.x embedding (64-wide vectors for one text encoder); "
                                    "an SDXL model needs clip_l and clip_g vectors")
     assert reasons["v15"].startswith("it is an SD 1.x embedding (768-wide")
     assert reasons["bigxl"] == "its clip_l/clip_g widths 768/1280 do not match the model's 32/48"
 
-    loaded, skipped = load_embeddings_dir(folder, demo_model.text_width)  # SD 1.x-shaped demo model, 32 wide
+    loaded, skipped = load_embeddings_dir(folder, demo_model.text_width)  # SD 1.x-shaped demo model, 64 wide
     assert sorted(loaded) == ["sd1style"]
     reasons = {name: reason for name, (_, reason) in skipped.items()}
-    assert reasons["bigxl"] == "width 2048 does not match the model's 32 (an SDXL embedding?)"
+    assert reasons["bigxl"] == "width 2048 does not match the model's 64 (an SDXL embedding?)"
     assert reasons["narrowxl"] == "it is an SDXL embedding (clip_l and clip_g vectors) and this is not an SDXL model"
 
 
