@@ -88,6 +88,7 @@ def test_create_and_train_a_hypernetwork_with_previews(tmp_path):
     trained = read_hypernetwork(tmp_path / "hn" / "browser-hn.pt")
     assert trained.step == 8
     [log] = list((tmp_path / "logs").glob("*/browser-hn"))
-    assert sorted(p.name for p in (log / "hypernetworks").iterdir()) == ["browser-hn-3.pt", "browser-hn-6.pt"]
+    assert sorted(p.name for p in (log / "hypernetworks").iterdir()) == ["browser-hn-3.pt", "browser-hn-6.pt",
+                                                                              "browser-hn-best.pt"]
     assert sorted(p.name for p in (log / "images").iterdir()) == ["browser-hn-3.png", "browser-hn-6.png"]
     assert (log / "hypernetwork_loss.csv").read_text().count("\n") == 9  # header + 8 steps

@@ -10,6 +10,12 @@ from trainer.embeddings import read_embedding_file
 
 pytestmark = pytest.mark.browser
 
+RAW, SMOOTHED, VALIDATION = "rgb(148, 163, 184)", "rgb(249, 115, 22)", "rgb(37, 99, 235)"  # job_view.SERIES_COLORS
+
+
+def strokes(page) -> set:
+    """The colours of the chart's lines that are really drawn."""
+    return {line["stroke"] for line in drawn_lines(page)}
 
 
 def progress_text(page):
@@ -55,7 +61,7 @@ def test_create_train_preview_interrupt_and_resume(tmp_path):
         page.locator("#train_train_embedding").click()
 
         # the first run's chart draws its lines (a stroke and a real length), not just empty axes
-        wait_for(lambda: len(drawn_lines(page)) == 2, what="raw and smoothed loss lines drawn")
+        wait_for(lambda: {RAW, SMOOTHED} <= strokes(page), what="raw and smoothed loss lines drawn")
         # progress stays in view where the button is: the live status beside it and the (sticky) output column
         wait_for(lambda: "Step" in page.locator("#train_live_status").inner_text(), what="live status")
         assert in_viewport(page, "#train_live_status") and in_viewport(page, "#ti_progress")
@@ -78,7 +84,7 @@ def test_create_train_preview_interrupt_and_resume(tmp_path):
         assert page.locator("#train_create_image_every input").input_value() == "3"
         assert page.locator("#train_preview_from_txt2img input").is_checked()
         wait_for(lambda: "running" in progress_text(page), what="re-attached progress")
-        wait_for(lambda: len(drawn_lines(page)) == 2 and page.locator("#ti_gallery img").count() >= 2,
+        wait_for(lambda: {RAW, SMOOTHED} <= strokes(page) and page.locator("#ti_gallery img").count() >= 2,
                  what="chart and previews after reload")
         step_before = current_step(page)
         wait_for(lambda: current_step(page) > step_before, what="progress after reload")
@@ -118,4 +124,5 @@ def test_create_train_preview_interrupt_and_resume(tmp_path):
         # the resumed run's chart starts with the first session's steps (read back from its loss CSV)
         losses = ws.runner.current.snapshot()["losses"]
         assert [step for step, _ in losses] == list(range(1, stopped_at + 5))
-        assert len(drawn_lines(page)) == 2
+        # raw, smoothed and the validation loss (checked before each run's first step and at the end) are drawn
+        wait_for(lambda: strokes(page) == {RAW, SMOOTHED, VALIDATION}, what="three lines after the resumed run")
