@@ -369,7 +369,7 @@ def cmd_make_demo_dataset(args):
     concept = parse_concept(args.concept)
     paths = write_dataset(args.dir, concept, count=args.count, seed=args.seed, size=args.size,
                           overwrite=args.overwrite)
-    print(f"Wrote {len(paths)} pictures of {concept.describe()} with captions to {args.dir}")
+    print(f"Wrote {len(paths)} pictures of {concept.describe()} with captions to {Path(args.dir).resolve()}")
     return 0
 
 

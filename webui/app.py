@@ -52,7 +52,7 @@ def build_app(ws) -> gr.Blocks:
         seen = gr.State(None)  # what this page already shows, so unchanged parts are not re-sent
         preview_files = job_view.PreviewFiles()  # previews encoded once, sent as files
         preprocess_tab.wire(ws, pp, out, timer)
-        demo_dataset.wire(dd, out, tr.dataset)
+        demo_dataset.wire(ws, dd, out, tr.dataset)
         create_hypernetwork_tab.wire(ws, ch, out, tr, model_status, demo)
 
         # --- helpers ------------------------------------------------------------------------------------

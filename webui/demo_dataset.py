@@ -30,8 +30,8 @@ def build() -> SimpleNamespace:
     return c
 
 
-def make(concept: str, count, folder: str, overwrite: bool) -> str:
-    """Write the dataset; the result sentence, or UserError with one sentence."""
+def make(concept: str, count, folder, overwrite: bool) -> str:
+    """Write the dataset into `folder` (absolute); the result sentence, or UserError with one sentence."""
     if not str(folder or "").strip():
         raise UserError("Destination directory is empty; type a folder to write the pictures into.")
     try:
@@ -39,16 +39,18 @@ def make(concept: str, count, folder: str, overwrite: bool) -> str:
     except (TypeError, ValueError):
         raise UserError(f"The number of pictures must be a whole number, not {count!r}.") from None
     parsed = parse_concept(concept or "")
-    paths = write_dataset(folder.strip(), parsed, count=count, overwrite=bool(overwrite))
-    return f"Wrote {len(paths)} pictures of {parsed.describe()} with captions to {folder.strip()}."
+    paths = write_dataset(folder, parsed, count=count, overwrite=bool(overwrite))
+    return f"Wrote {len(paths)} pictures of {parsed.describe()} with captions to {folder}."
 
 
-def wire(c, out, dataset_box):
+def wire(ws, c, out, dataset_box):
     def on_click(concept, count, folder, overwrite):
+        """A relative folder starts in the data folder, like every path typed in the page."""
+        target = ws.folders.resolve(folder.strip()) if str(folder or "").strip() else ""
         try:
-            message = make(concept, count, folder, overwrite)
+            message = make(concept, count, target, overwrite)
         except UserError as e:
             return gr.skip(), str(e), gr.skip()
-        return message, "", folder.strip()
+        return message, "", str(target)
 
     c.button.click(on_click, [c.concept, c.count, c.folder, c.overwrite], [out.output, out.error, dataset_box])
