@@ -9,7 +9,8 @@ An embedding created from "*" (1 vector) is trained on 20 pictures of the concep
 vectors) then renders `--previews` seeded previews of "a picture of <name>", and the judge says which show the
 concept. Prints, per checked step, the validation loss, the training loss around it and the preview hit rate;
 then the Spearman rank correlation of validation loss with hit rate (negative = lower loss, better pictures),
-the step of the lowest validation loss and the hit rate there beside the best hit rate of the run.
+the step of the lowest validation loss and the hit rate there beside the best hit rate of the run; the same
+for the part score (share of shape, colour and background right: partial credit).
 
 Needs trainer.toy_world / toy_judge / toy_eval and the pretrained demo weights (issue 11's branch).
 """
@@ -89,7 +90,7 @@ def main():
         seeds = [1000 + i for i in range(args.previews)]
         print(f"{result.message}\nconcept: {args.concept}; {args.previews} previews per check, model {model.name} "
               f"{size}px")
-        print(f"{'step':>6} {'val_loss':>10} {'train_loss':>10} {'hit_rate':>8}", flush=True)
+        print(f"{'step':>6} {'val_loss':>10} {'train_loss':>10} {'hit_rate':>8} {'parts':>6}", flush=True)
         table = []
         for row in checks:
             step = int(row["step"])
@@ -97,13 +98,20 @@ def main():
             rendered = render_and_judge(model, [f"a picture of {name}"] * args.previews, seeds,
                                         [concept] * args.previews, {name: vectors})
             near = [losses[s] for s in range(max(1, step - args.every + 1), step + 1) if s in losses]
+            # partial credit: the share of (shape, colour, background) the previews get right, where the concept
+            # names them (the learning shows here before whole pictures are right)
+            wanted = [part for part in ("shape", "colour", "background") if getattr(concept, part) is not None]
+            parts = sum(getattr(r.verdict, part) == getattr(concept, part) for r in rendered for part in wanted)
             table.append((step, float(row["val_loss"]), sum(near) / len(near) if near else float("nan"),
-                          sum(r.hit for r in rendered) / len(rendered)))
-            print("{:>6} {:>10.6f} {:>10.6f} {:>8.2f}".format(*table[-1]), flush=True)
-    steps, vals, trains, hits = zip(*table)
+                          sum(r.hit for r in rendered) / len(rendered), parts / (len(rendered) * len(wanted))))
+            print("{:>6} {:>10.6f} {:>10.6f} {:>8.2f} {:>6.2f}".format(*table[-1]), flush=True)
+    steps, vals, trains, hits, part_rates = zip(*table)
     best = min(range(len(table)), key=lambda i: vals[i])
     print(f"Spearman(val_loss, hit_rate) = {spearman(list(vals), list(hits)):+.3f}; "
           f"Spearman(train_loss over the interval, hit_rate) = {spearman(list(trains[1:]), list(hits[1:])):+.3f}")
+    print(f"Spearman(val_loss, part score) = {spearman(list(vals), list(part_rates)):+.3f}; lowest validation loss "
+          f"at step {steps[best]} has part score {part_rates[best]:.2f}, the run's best part score is "
+          f"{max(part_rates):.2f} (first at step {steps[part_rates.index(max(part_rates))]})")
     print(f"lowest validation loss at step {steps[best]} (hit rate {hits[best]:.2f}); best hit rate {max(hits):.2f} "
           f"first at step {steps[hits.index(max(hits))]}")
 
