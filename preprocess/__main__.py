@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from trainer.cpu_env import add_threads_argument, apply_cpu_defaults, set_threads
 
@@ -91,8 +92,8 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     fields = PreprocessConfig.__dataclass_fields__
     values = {name: value for name, value in vars(args).items() if name in fields}
     data_dir = Folders.under(getattr(args, "data_dir", None)).data_dir  # the app's and trainer's data folder
-    if not values.get("blip_model") and (data_dir / "models" / "BLIP" / "config.json").is_file():
-        values["blip_model"] = str(data_dir / "models" / "BLIP")
+    if data_dir != Path.cwd().resolve():  # BLIP is looked for (and named when missing) in the data folder
+        values["blip_default_dir"] = data_dir / "models" / "BLIP"
     if not values.get("yunet_model"):
         from .focal import find_yunet_model
 

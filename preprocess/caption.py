@@ -35,8 +35,9 @@ def combine_caption(action: str, existing: str | None, generated: str | None) ->
     raise ValueError(f"unknown caption action {action!r}")
 
 
-def resolve_blip_model(path: str | Path | None) -> str:
-    """The folder (or cached repo id) to load BLIP from; UserError when none is available."""
+def resolve_blip_model(path: str | Path | None, default_dir: str | Path = DEFAULT_BLIP_DIR) -> str:
+    """The folder (or cached repo id) to load BLIP from: `path`, else `default_dir` (models/BLIP of the data
+    folder), else the Hugging Face cache; UserError when none is available."""
     if path:
         folder = Path(path).expanduser()
         if not folder.is_dir():
@@ -45,13 +46,14 @@ def resolve_blip_model(path: str | Path | None) -> str:
             raise UserError(f"The BLIP model folder {folder} has no config.json: it should be a transformers "
                             "BLIP captioning model saved with save_pretrained.")
         return str(folder)
-    if (DEFAULT_BLIP_DIR / "config.json").is_file():
-        return str(DEFAULT_BLIP_DIR)
+    default_dir = Path(default_dir)
+    if (default_dir / "config.json").is_file():
+        return str(default_dir)
     for repo in HF_CACHE_CANDIDATES:
         if _in_hf_cache(repo):
             return repo
     raise UserError(f"No BLIP captioning model is available: put a transformers BLIP captioning model (such as "
-                    f"Salesforce/blip-image-captioning-base) in {DEFAULT_BLIP_DIR.resolve()} (nothing is downloaded).",
+                    f"Salesforce/blip-image-captioning-base) in {default_dir.resolve()} (nothing is downloaded).",
                     control="blip_model")
 
 
@@ -71,8 +73,8 @@ class BlipCaptioner:
     """A loaded BLIP captioner. Use as a context manager, or call close() to free the model."""
 
     def __init__(self, model: str | Path | None = None, *, beams: int = 1, min_length: int = 24,
-                 max_length: int = 48, device: str | None = None):
-        source = resolve_blip_model(model)
+                 max_length: int = 48, device: str | None = None, default_dir: str | Path = DEFAULT_BLIP_DIR):
+        source = resolve_blip_model(model, default_dir)
         try:
             import torch
             from transformers import BlipForConditionalGeneration, BlipProcessor

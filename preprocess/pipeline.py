@@ -39,7 +39,7 @@ from trainer.errors import UserError
 from trainer.image_files import is_hidden, read_caption
 
 from .autosize import OBJECTIVES, autosize_crop
-from .caption import CAPTION_ACTIONS, BlipCaptioner, combine_caption
+from .caption import CAPTION_ACTIONS, DEFAULT_BLIP_DIR, BlipCaptioner, combine_caption
 from .focal import FaceFinder, FocalSettings, find_yunet_model, focal_crop
 from .images import ImageReadError, cover_crop, open_image, save_png_atomic, write_text_atomic
 from .split import split_image
@@ -76,7 +76,8 @@ class PreprocessConfig:
     objective: str = "Maximize area"  # "Maximize area" | "Minimize error"
     error_threshold: float = 0.1
     caption: str = ""  # "" (none) or "blip"
-    blip_model: str | Path | None = None  # a transformers BLIP folder; None: models/BLIP, then the HF cache
+    blip_model: str | Path | None = None  # a transformers BLIP folder; None: blip_default_dir, then the HF cache
+    blip_default_dir: str | Path | None = None  # the data folder's models/BLIP; None: ./models/BLIP
     beams: int = 1
     min_length: int = 24
     max_length: int = 48
@@ -131,7 +132,8 @@ def run_preprocess(config: PreprocessConfig, progress: ProgressFn | None = None,
     captioner = None
     if config.caption == "blip":  # loaded before anything is written: a missing model changes nothing
         captioner = BlipCaptioner(config.blip_model, beams=config.beams, min_length=config.min_length,
-                                  max_length=config.max_length, device=config.device)
+                                  max_length=config.max_length, device=config.device,
+                                  default_dir=config.blip_default_dir or DEFAULT_BLIP_DIR)
     try:
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

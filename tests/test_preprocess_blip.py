@@ -1,4 +1,6 @@
 """BLIP captions through a tiny captioner built from config, and the caption actions."""
+import re
+
 import pytest
 
 from helpers_preprocess import make_tiny_blip, photo
@@ -88,6 +90,17 @@ def test_no_blip_model_is_a_clear_error(tmp_path, monkeypatch, src):
     (broken / "config.json").write_text("{not json")
     with pytest.raises(UserError, match="could not be loaded"):
         BlipCaptioner(broken)
+
+
+def test_the_missing_model_message_names_the_data_folder(tmp_path, monkeypatch, src):
+    """With --data-dir elsewhere, BLIP is looked for in (and the sentence names) that folder's models/BLIP."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(caption_module, "_in_hf_cache", lambda repo: False)
+    data = tmp_path / "elsewhere"
+    with pytest.raises(UserError, match=re.escape(str(data.resolve() / "models" / "BLIP"))):
+        run_preprocess(PreprocessConfig(src=src, dst=tmp_path / "d", caption="blip",
+                                        blip_default_dir=data / "models" / "BLIP"))
+    assert not (tmp_path / "d").exists()
 
 
 def test_default_folder_models_blip(tmp_path, monkeypatch, tiny_blip):

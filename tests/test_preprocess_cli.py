@@ -104,3 +104,15 @@ def test_subprocess_success_progress_on_stderr(src, tmp_path):
     assert "Preprocessing" in proc.stderr and "3/3" in proc.stderr  # tqdm
     assert "Traceback" not in proc.stderr
     assert Image.open(tmp_path / "d" / "00001-0-cup.png").size == (64, 64)
+
+
+def test_no_blip_model_names_the_data_folder_and_the_flag(src, tmp_path, capsys, monkeypatch):
+    from preprocess import caption as caption_module
+
+    monkeypatch.setattr(caption_module, "_in_hf_cache", lambda repo: False)  # whatever this machine has cached
+    data = tmp_path / "data"
+    code = main(["--src", str(src), "--dst", str(tmp_path / "d"), "--caption", "blip", "--data-dir", str(data)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(data.resolve() / "models" / "BLIP") in err and "Or pass its folder with --blip-model." in err
+    assert not (tmp_path / "d").exists()

@@ -206,8 +206,8 @@ class Workspace:
         typed = {key: self.folders.resolve(getattr(config, key)) for key in ("src", "dst")
                  if str(getattr(config, key) or "").strip()}  # relative to the data folder; empty stays empty
         config = dataclasses.replace(config, **typed)
-        if config.blip_model is None and (self.folders.resolve("models/BLIP") / "config.json").is_file():
-            config = dataclasses.replace(config, blip_model=self.folders.resolve("models/BLIP"))
+        if config.blip_default_dir is None:  # BLIP is looked for (and named when missing) in the data folder
+            config = dataclasses.replace(config, blip_default_dir=self.folders.resolve("models/BLIP"))
         if config.yunet_model is None:
             from preprocess.focal import find_yunet_model
 
