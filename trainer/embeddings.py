@@ -41,7 +41,7 @@ from trainer.embedding_files import (
 from trainer.embedding_images import IMAGE_EXTENSIONS, read_image_embedding, write_image_embedding
 from trainer.errors import UserError
 from trainer.locks import refuse_if_locked
-from trainer.names import check_name_length, find_named_file
+from trainer.names import check_name_length, find_named_file, walk_files
 
 EMBEDDING_EXTENSIONS = PICKLE_EXTENSIONS + SAFETENSORS_EXTENSIONS + IMAGE_EXTENSIONS
 MAX_VECTORS = 75  # one 75-token prompt chunk
@@ -164,20 +164,6 @@ def create_embedding(
 # ------------------------------------------------------------------------------------------- the folder
 
 
-def _walk_files(root: Path):
-    """Files under ``root``, recursively, in sorted order, following symlinked folders (each real folder once)."""
-    seen = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs.sort()
-        for name in sorted(files):
-            yield Path(folder) / name
-
-
 def load_embeddings_dir(
     directory: str | os.PathLike, expected_width: int | None, tokenizer=None, clip_l_width: int | None = None
 ) -> tuple[dict[str, Embedding], dict[str, tuple[Embedding | None, str]]]:
@@ -205,7 +191,7 @@ def load_embeddings_dir(
 
     if not root.is_dir():
         return loaded, skipped
-    for path in _walk_files(root):
+    for path in walk_files(root):
         if path.suffix.lower() not in EMBEDDING_EXTENSIONS:
             continue
         try:

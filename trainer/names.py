@@ -21,22 +21,25 @@ def check_name_length(name: str, what: str) -> None:
                         "are allowed), please shorten it.")
 
 
+def walk_files(root: Path):
+    """Files under ``root``, recursively, in sorted order, following symlinked folders (each real folder once)."""
+    seen = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        for name in sorted(files):
+            yield Path(folder) / name
+
+
 def find_named_file(folder, name: str, extensions) -> Path | None:
     """The first file under `folder` (recursively, sorted) whose stem is `name` and whose extension is one of
     `extensions` (lower case, with the dot), or None."""
     root = Path(folder)
     if not root.is_dir():
         return None
-    seen = set()
-    for directory, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(directory)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs.sort()
-        for file_name in sorted(files):
-            path = Path(directory) / file_name
-            if path.stem == name and path.suffix.lower() in extensions:
-                return path
-    return None
+    return next((path for path in walk_files(root) if path.stem == name and path.suffix.lower() in extensions),
+                None)
