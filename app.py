@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         args = parse_args(argv)
     except SystemExit as e:  # --help, or a bad flag (already said in one line)
         return e.code if isinstance(e.code, int) else 2
-    from trainer.workspace import Folders
+    from trainer.folders import Folders
 
     folders = Folders.under(args.data_dir, ckpt_dir=args.ckpt_dir, embeddings_dir=args.embeddings_dir,
                             hypernetwork_dir=args.hypernetwork_dir, templates_dir=args.textual_inversion_templates_dir,

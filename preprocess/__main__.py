@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
-    from trainer.workspace import Folders
+    from trainer.folders import Folders
 
     fields = PreprocessConfig.__dataclass_fields__
     values = {name: value for name, value in vars(args).items() if name in fields}

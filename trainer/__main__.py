@@ -178,7 +178,7 @@ def add_training_arguments(p, default_learn_rate: str):
 
 def folders_from_args(args):
     """The folders, all resolved against the one data folder (see `Folders.under`)."""
-    from .workspace import Folders
+    from .folders import Folders
 
     return Folders.under(getattr(args, "data_dir", None), ckpt_dir=getattr(args, "ckpt_dir", None),
                          embeddings_dir=getattr(args, "embeddings_dir", None),
