@@ -13,7 +13,7 @@ from pathlib import Path
 for key, value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "GRADIO_ANALYTICS_ENABLED": "False",
                    "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error"}.items():
     os.environ.setdefault(key, value)
-from trainer.cpu_env import add_threads_argument, apply_cpu_defaults, set_threads  # noqa: E402 (no torch)
+from common.cpu_env import add_threads_argument, apply_cpu_defaults, set_threads  # noqa: E402 (no torch)
 
 apply_cpu_defaults()  # passive OpenMP waits, huge-page allocations: before anything imports torch
 
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         args = parse_args(argv)
     except SystemExit as e:  # --help, or a bad flag (already said in one line)
         return e.code if isinstance(e.code, int) else 2
-    from trainer.folders import Folders
+    from common.folders import Folders
 
     folders = Folders.under(args.data_dir, ckpt_dir=args.ckpt_dir, embeddings_dir=args.embeddings_dir,
                             hypernetwork_dir=args.hypernetwork_dir, templates_dir=args.textual_inversion_templates_dir,
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         return 2
 
     set_threads(args.threads)
-    from trainer.errors import UserError
+    from common.errors import UserError
     from trainer.workspace import Workspace
     from webui.api import api_app_kwargs, no_api_app_kwargs
     from webui.app import build_app

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from trainer.cpu_env import apply_cpu_defaults  # noqa: E402
+from common.cpu_env import apply_cpu_defaults  # noqa: E402
 
 apply_cpu_defaults()
 
@@ -33,11 +33,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from trainer.embeddings import create_embedding  # noqa: E402
-from trainer.models import CONFIGS_DIR, TOKENIZERS, load_model, load_tokenizer, training_scheduler_config  # noqa: E402
-from trainer.sd_model import SDModel  # noqa: E402
-from trainer.textual_inversion import train_embedding  # noqa: E402
-from trainer.train_config import TrainConfig  # noqa: E402
+from trainer.embeddings.library import create_embedding  # noqa: E402
+from trainer.models.loading import CONFIGS_DIR, TOKENIZERS, load_model, load_tokenizer, training_scheduler_config  # noqa: E402
+from trainer.models.sd_model import SDModel  # noqa: E402
+from trainer.training.textual_inversion import train_embedding  # noqa: E402
+from trainer.training.config import TrainConfig  # noqa: E402
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "textual_inversion_templates"
 SMOKE_UNET = dict(block_out_channels=[32, 64], layers_per_block=1, cross_attention_dim=64, attention_head_dim=4,

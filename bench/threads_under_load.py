@@ -32,9 +32,9 @@ def child(size: int, steps: int, work: Path):
     import torch
     from train_speed import make_dataset, mid_model
 
-    from trainer.embeddings import create_embedding
-    from trainer.textual_inversion import train_embedding
-    from trainer.train_config import TrainConfig
+    from trainer.embeddings.library import create_embedding
+    from trainer.training.textual_inversion import train_embedding
+    from trainer.training.config import TrainConfig
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     model = mid_model()

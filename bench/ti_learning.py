@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from trainer.models import load_model  # noqa: E402
-from trainer.toy_eval import grid, learn_concept, world_prompts, world_score  # noqa: E402
-from trainer.toy_world import parse_concept  # noqa: E402
+from trainer.models.loading import load_model  # noqa: E402
+from trainer.toy.eval import grid, learn_concept, world_prompts, world_score  # noqa: E402
+from trainer.toy.world import parse_concept  # noqa: E402
 
 
 def main():

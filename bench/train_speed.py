@@ -4,7 +4,7 @@
                                 [--startup-size 512] [--startup-images 20] [--ratio-size 128]
                                 [--skip-loop] [--skip-startup]
 
-For each model config it prints seconds per step of `trainer.textual_inversion.train_embedding` (no previews,
+For each model config it prints seconds per step of `trainer.training.textual_inversion.train_embedding` (no previews,
 no saves) beside the bare compute of one step with the same shapes (text-encoder forward with the trainable
 vectors, UNet forward + backward on a cached latent, AdamW step), their ratio, steps/s and peak memory.
 Rounds alternate loop / bare so that machine noise hits both alike; the best round of each is compared (noise
@@ -32,7 +32,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from trainer.cpu_env import apply_cpu_defaults  # noqa: E402
+from common.cpu_env import apply_cpu_defaults  # noqa: E402
 
 apply_cpu_defaults()  # as the app and the CLI do
 
@@ -43,12 +43,12 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa
 from PIL import Image  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
-from trainer.demo import SCHEDULER_CONFIG, load_clip_tokenizer  # noqa: E402
-from trainer.embeddings import create_embedding  # noqa: E402
-from trainer.models import load_model  # noqa: E402
-from trainer.sd_model import SDModel  # noqa: E402
-from trainer.textual_inversion import train_embedding  # noqa: E402
-from trainer.train_config import TrainConfig  # noqa: E402
+from trainer.models.demo import SCHEDULER_CONFIG, load_clip_tokenizer  # noqa: E402
+from trainer.embeddings.library import create_embedding  # noqa: E402
+from trainer.models.loading import load_model  # noqa: E402
+from trainer.models.sd_model import SDModel  # noqa: E402
+from trainer.training.textual_inversion import train_embedding  # noqa: E402
+from trainer.training.config import TrainConfig  # noqa: E402
 
 
 def mid_model() -> SDModel:

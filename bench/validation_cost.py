@@ -5,7 +5,7 @@
 For each model config (the demo model at 512 px, and bench/train_speed.py's mid-size SD-shaped model at 256 px,
 batch 1: the cheapest steps, so the worst case for the ratio) it trains `--steps` steps twice per round, once
 with `validate_every=0` and once with `validate_every=--every` (checks at step 0 and every N after, each on the
-fixed set of trainer.validation.SET_ITEMS items), alternating so that machine noise hits both alike.
+fixed set of trainer.training.validation.SET_ITEMS items), alternating so that machine noise hits both alike.
 
 It prints seconds per step without validation, seconds per check (measured inside the loop, and as the
 difference between the two runs' wall times per extra check), and the cost at the default interval:
@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from train_speed import make_dataset, mid_model  # noqa: E402
-from trainer.embeddings import create_embedding  # noqa: E402
-from trainer.models import load_model  # noqa: E402
-from trainer.textual_inversion import train_embedding  # noqa: E402
-from trainer.train_config import TrainConfig  # noqa: E402
-from trainer.validation import SET_ITEMS  # noqa: E402
+from trainer.embeddings.library import create_embedding  # noqa: E402
+from trainer.models.loading import load_model  # noqa: E402
+from trainer.training.textual_inversion import train_embedding  # noqa: E402
+from trainer.training.config import TrainConfig  # noqa: E402
+from trainer.training.validation import SET_ITEMS  # noqa: E402
 
 
 def run(model, workdir: Path, size: int, steps: int, every: int) -> dict:

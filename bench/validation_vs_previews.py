@@ -12,7 +12,7 @@ then the Spearman rank correlation of validation loss with hit rate (negative = 
 the step of the lowest validation loss and the hit rate there beside the best hit rate of the run; the same
 for the part score (share of shape, colour and background right: partial credit).
 
-Needs trainer.toy_world / toy_judge / toy_eval and the pretrained demo weights (issue 11's branch).
+Needs trainer.toy.world / toy_judge / toy_eval and the pretrained demo weights (issue 11's branch).
 """
 import argparse
 import csv
@@ -26,10 +26,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trainer.embeddings import create_embedding, read_embedding_file  # noqa: E402
-from trainer.models import load_model  # noqa: E402
-from trainer.textual_inversion import train_embedding  # noqa: E402
-from trainer.train_config import TrainConfig  # noqa: E402
+from trainer.embeddings.library import create_embedding, read_embedding_file  # noqa: E402
+from trainer.models.loading import load_model  # noqa: E402
+from trainer.training.textual_inversion import train_embedding  # noqa: E402
+from trainer.training.config import TrainConfig  # noqa: E402
 
 
 def ranks(values: list) -> list:
@@ -64,8 +64,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     try:
-        from trainer.toy_eval import render_and_judge
-        from trainer.toy_world import parse_concept, write_dataset
+        from trainer.toy.eval import render_and_judge
+        from trainer.toy.world import parse_concept, write_dataset
     except ImportError:
         sys.exit("This measurement needs the toy world and the world-knowing demo model (issue 11).")
 

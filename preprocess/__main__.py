@@ -12,10 +12,10 @@ import sys
 import threading
 from pathlib import Path
 
-from trainer.cpu_env import add_threads_argument, apply_cpu_defaults, set_threads
+from common.cpu_env import add_threads_argument, apply_cpu_defaults, set_threads
 
 apply_cpu_defaults()  # passive OpenMP waits, huge-page allocations: before the steps below import torch
-from trainer.errors import UserError, with_hint  # noqa: E402
+from common.errors import UserError, with_hint  # noqa: E402
 
 from .autosize import OBJECTIVES
 from .caption import CAPTION_ACTIONS  # noqa: E402
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
-    from trainer.folders import Folders
+    from common.folders import Folders
 
     fields = PreprocessConfig.__dataclass_fields__
     values = {name: value for name, value in vars(args).items() if name in fields}

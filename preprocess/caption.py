@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from trainer.errors import UserError
+from common.errors import UserError
 
 CAPTION_ACTIONS = ("ignore", "copy", "prepend", "append")
 DEFAULT_BLIP_DIR = Path("models") / "BLIP"

@@ -3,7 +3,7 @@
 This is the engine behind the "Review captions" part of the Preprocess images tab (no gradio here). It works on
 any dataset folder, not only on preprocessing outputs, so that captions can be fixed before training.
 
-- Images are the files training uses (`trainer.image_files.is_dataset_image`), in name order, not recursive.
+- Images are the files training uses (`common.image_files.is_dataset_image`), in name order, not recursive.
 - A caption is `<stem>.txt` next to the image, read like preprocessing reads existing captions.
 - Saving writes `<stem>.txt` atomically (temporary file in the same folder, then `os.replace`). An empty
   caption is saved as an empty file: for training that means "no words", while a missing file would mean
@@ -22,9 +22,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from trainer.image_files import is_dataset_image, read_caption
-from trainer.errors import UserError
-from trainer.files import atomic_write_text
+from common.image_files import is_dataset_image, read_caption
+from common.errors import UserError
+from common.files import atomic_write_text
 
 from .images import save_png_atomic
 

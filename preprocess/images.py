@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from trainer.files import atomic_write
+from common.files import atomic_write
 
 WHITE = (255, 255, 255)
 

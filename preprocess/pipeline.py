@@ -35,8 +35,8 @@ from typing import Callable
 
 from PIL import Image, ImageOps
 
-from trainer.errors import UserError
-from trainer.image_files import is_hidden, read_caption
+from common.errors import UserError
+from common.image_files import is_hidden, read_caption
 
 from .autosize import OBJECTIVES, autosize_crop
 from .caption import CAPTION_ACTIONS, DEFAULT_BLIP_DIR, BlipCaptioner, combine_caption

@@ -1,4 +1,4 @@
-"""Pretrain the demo model on the toy world (trainer/toy_world.py) and write trainer/assets/demo/demo.safetensors.
+"""Pretrain the demo model on the toy world (trainer/toy/world.py) and write trainer/assets/demo/demo.safetensors.
 
 Deterministic from --seed (same seed, same step counts, same thread count: same weights). Two stages:
 
@@ -39,10 +39,10 @@ sys.path.insert(0, str(ROOT))
 from safetensors.torch import save_file  # noqa: E402
 from diffusers import DDPMScheduler  # noqa: E402
 
-from trainer import toy_world  # noqa: E402
-from trainer.demo import DEMO_WEIGHTS, NATIVE_SIZE, SCHEDULER_CONFIG, build_demo_modules, demo_state_dict, \
+from trainer.toy import world as toy_world  # noqa: E402
+from trainer.models.demo import DEMO_WEIGHTS, NATIVE_SIZE, SCHEDULER_CONFIG, build_demo_modules, demo_state_dict, \
     load_clip_tokenizer  # noqa: E402
-from trainer.files import atomic_write  # noqa: E402
+from common.files import atomic_write  # noqa: E402
 
 
 class Log:

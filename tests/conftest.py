@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def demo_model():
     """The embedded demo model, loaded once through the same code a user's checkpoint goes through."""
-    from trainer.models import load_model
+    from trainer.models.loading import load_model
 
     return load_model("demo", "models/Stable-diffusion", "cpu")
 

@@ -17,8 +17,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from trainer.checkpoint_convert import diffusers_to_original
-from trainer.demo import load_clip_tokenizer
+from trainer.models.checkpoint_convert import diffusers_to_original
+from trainer.models.demo import load_clip_tokenizer
 
 ASSETS = Path(__file__).resolve().parent.parent / "trainer" / "assets"
 

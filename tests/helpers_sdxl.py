@@ -15,8 +15,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from trainer.checkpoint_convert import sdxl_to_original
-from trainer.demo import load_clip_tokenizer
+from trainer.models.checkpoint_convert import sdxl_to_original
+from trainer.models.demo import load_clip_tokenizer
 
 ASSETS = Path(__file__).resolve().parent.parent / "trainer" / "assets"
 CLIP_L, CLIP_G, PROJECTION, TIME_DIM = 32, 48, 40, 8
@@ -120,6 +120,6 @@ def sdxl_files(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sdxl_model(sdxl_files):
     """The tiny SDXL model loaded from its diffusers folder through the user's path (shared: read only)."""
-    from trainer.models import load_model
+    from trainer.models.loading import load_model
 
     return load_model("xl", sdxl_files["ckpt_dir"], "cpu")

@@ -18,7 +18,7 @@ from helpers_api import files_under, non_loopback_address, running_app
 from helpers_cli import workdir
 from helpers_images import make_dataset
 from helpers_models import save_diffusers_folder, tiny_components
-from trainer.embeddings import read_embedding_file
+from trainer.embeddings.library import read_embedding_file
 
 USER, PASSWORD = "alice", "s3cret"
 API = "/sdapi/v1"

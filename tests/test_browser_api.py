@@ -10,7 +10,7 @@ import requests
 from helpers_browser import (browser_page, fill_train_form, open_train_subtab, require_chromium, tmp_workspace,
                              wait_for)
 from helpers_images import make_dataset
-from trainer.embeddings import create_embedding, read_embedding_file
+from trainer.embeddings.library import create_embedding, read_embedding_file
 
 pytestmark = pytest.mark.browser
 

@@ -6,7 +6,7 @@ import pytest
 from helpers_browser import (browser_page, fill, fill_train_form, open_train_subtab, require_chromium,
                              served_app, tmp_workspace, wait_for)
 from helpers_images import make_dataset
-from trainer.hypernetwork import read_hypernetwork
+from trainer.hypernetworks.network import read_hypernetwork
 
 pytestmark = pytest.mark.browser
 

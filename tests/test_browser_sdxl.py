@@ -7,7 +7,7 @@ from helpers_browser import (ROOT, browser_page, fill, fill_train_form, open_tra
                              served_app, wait_for)
 from helpers_images import make_dataset
 from helpers_sdxl import sdxl_files, sdxl_model  # noqa: F401 - fixtures
-from trainer.embeddings import read_embedding_file
+from trainer.embeddings.library import read_embedding_file
 from trainer.workspace import Folders, Workspace
 
 pytestmark = pytest.mark.browser

@@ -6,7 +6,7 @@ import pytest
 from helpers_browser import (browser_page, drawn_lines, fill, fill_train_form, in_viewport, open_train_subtab,
                              require_chromium, served_app, tmp_workspace, wait_for)
 from helpers_images import make_dataset
-from trainer.embeddings import read_embedding_file
+from trainer.embeddings.library import read_embedding_file
 
 pytestmark = pytest.mark.browser
 

@@ -5,8 +5,8 @@ import re
 import pytest
 
 from helpers_browser import browser_page, fill, require_chromium, served_app, tmp_workspace, wait_for
-from trainer.embeddings import create_embedding
-from trainer.sampling import read_infotext
+from trainer.embeddings.library import create_embedding
+from trainer.sampling.txt2img import read_infotext
 
 pytestmark = pytest.mark.browser
 

@@ -7,7 +7,7 @@ from PIL import Image
 from helpers_images import make_dataset
 from preprocess.captions_review import (caption_of, list_captioned_images, list_images, save_caption,
                                         thumbnail)
-from trainer.errors import UserError
+from common.errors import UserError
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from trainer.conditioning import PromptEncoder
-from trainer.errors import UserError
+from trainer.prompts.conditioning import PromptEncoder
+from common.errors import UserError
 
 TOKENIZER_DIR = "trainer/assets/clip_tokenizer"
 BOS, EOS = 49406, 49407

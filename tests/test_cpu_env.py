@@ -7,10 +7,10 @@ import sys
 import pytest
 
 from helpers_cli import ROOT, run_cli
-from trainer.cpu_env import apply_cpu_defaults, set_threads
-from trainer.errors import UserError
-from trainer.hash_cache import CACHE_NAME, cached_sha256
-from trainer.models import checkpoint_hash
+from common.cpu_env import apply_cpu_defaults, set_threads
+from common.errors import UserError
+from trainer.models.hash_cache import CACHE_NAME, cached_sha256
+from trainer.models.loading import checkpoint_hash
 
 SPY = """
 import os, sys
@@ -49,7 +49,7 @@ def test_the_users_own_settings_win():
 
 
 def test_threads_flag_sets_torch_threads_and_refuses_nonsense(tmp_path):
-    code = ("from trainer.cpu_env import set_threads; set_threads(1); import os, torch; "
+    code = ("from common.cpu_env import set_threads; set_threads(1); import os, torch; "
             "print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                          text=True, capture_output=True, timeout=120)

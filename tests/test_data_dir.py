@@ -4,8 +4,8 @@ from pathlib import Path
 
 from app import parse_args
 from helpers_cli import run_cli
-from trainer.embeddings import read_embedding_file
-from trainer.folders import DATA_DIR_ENV, SHIPPED_TEMPLATES, Folders
+from trainer.embeddings.library import read_embedding_file
+from common.folders import DATA_DIR_ENV, SHIPPED_TEMPLATES, Folders
 
 
 def test_folders_resolve_against_one_data_folder(tmp_path, monkeypatch):

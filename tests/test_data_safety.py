@@ -17,11 +17,11 @@ import pytest
 
 from helpers_cli import ROOT, run_cli
 from helpers_corpus import changes, one_sentence, snapshot
-from trainer.embeddings import load_embeddings_dir, read_embedding_file
-from trainer.errors import UserError
-from trainer.files import atomic_write, atomic_write_text
+from trainer.embeddings.library import load_embeddings_dir, read_embedding_file
+from common.errors import UserError
+from common.files import atomic_write, atomic_write_text
 from trainer.locks import TrainingLock, lock_path, read_lock
-from trainer.train_config import TrainConfig
+from trainer.training.config import TrainConfig
 from trainer.workspace import Folders, Workspace
 
 

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from helpers_images import make_dataset
-from trainer.dataset import TextualInversionDataset, build_prompt, filewords_for
-from trainer.errors import UserError
+from trainer.training.dataset import TextualInversionDataset, build_prompt, filewords_for
+from common.errors import UserError
 
 
 def test_filewords_from_caption_file_or_file_name(tmp_path):

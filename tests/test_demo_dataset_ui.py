@@ -1,7 +1,7 @@
 """The page's "Make a demo dataset" control writes the same pictures as the CLI and refuses unknown words."""
 import pytest
 
-from trainer.errors import UserError
+from common.errors import UserError
 from webui.demo_dataset import make
 
 

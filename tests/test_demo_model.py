@@ -4,11 +4,11 @@ import random
 import numpy as np
 import torch
 
-from trainer.demo import DEMO_WEIGHTS
-from trainer.models import file_sha256
-from trainer.toy_eval import learn_concept, world_prompts, world_score
-from trainer.toy_judge import judge
-from trainer.toy_world import random_scene, render, parse_concept
+from trainer.models.demo import DEMO_WEIGHTS
+from trainer.models.loading import file_sha256
+from trainer.toy.eval import learn_concept, world_prompts, world_score
+from trainer.toy.judge import judge
+from trainer.toy.world import random_scene, render, parse_concept
 
 ROOT = DEMO_WEIGHTS.parent.parent.parent.parent
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from trainer.embedding_images import (
+from trainer.embeddings.images import (
     TEXT_CHUNK_KEY,
     data_from_b64,
     data_to_b64,
@@ -21,7 +21,7 @@ from trainer.embedding_images import (
     insert_data_panels,
     lcg_sequence,
 )
-from trainer.embeddings import (
+from trainer.embeddings.library import (
     Embedding,
     EmbeddingDatabase,
     EmbeddingReadError,
@@ -39,7 +39,7 @@ from trainer.embeddings import (
     to_api_json,
     write_image_embedding,
 )
-from trainer.errors import UserError
+from common.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH = 32
@@ -106,7 +106,7 @@ def test_safetensors_round_trip_with_metadata(tmp_path):
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    from trainer.embeddings import atomic_write
+    from trainer.embeddings.library import atomic_write
 
     path = save_embedding_pt(make_embedding(seed=1), tmp_path / "cat.pt")
 

@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from trainer.errors import UserError
-from trainer.hypernetwork import (ACTIVATIONS, Hypernetwork, HypernetworkFolder, HypernetworkMLP,
+from common.errors import UserError
+from trainer.hypernetworks.network import (ACTIVATIONS, Hypernetwork, HypernetworkFolder, HypernetworkMLP,
                                   HypernetworkReadError, create_hypernetwork, default_sizes, hypernetwork_from_data,
                                   list_hypernetworks, read_hypernetwork, save_hypernetwork)
-from trainer.hypernetwork_attention import (HypernetworkAttnProcessor, apply_hypernetworks, extract_hypernetwork_tags,
+from trainer.hypernetworks.attention import (HypernetworkAttnProcessor, apply_hypernetworks, extract_hypernetwork_tags,
                                             resolve_prompt_hypernetworks)
-from trainer.sampling import Txt2ImgParams, txt2img
+from trainer.sampling.txt2img import Txt2ImgParams, txt2img
 
 METADATA_KEYS = {"step", "name", "layer_structure", "activation_func", "is_layer_norm", "weight_initialization",
                  "sd_checkpoint", "sd_checkpoint_name", "activate_output", "use_dropout", "dropout_structure",
@@ -295,7 +295,7 @@ def test_tags_are_parsed_and_removed():
 
 
 def test_the_parsed_prompt_view_marks_hypernetworks():
-    from trainer.prompt_view import describe_prompt
+    from trainer.prompts.view import describe_prompt
 
     [part] = describe_prompt("(a cat:1.2) <hypernet:style:0.5>, photo", 20)
     segments = part["schedule"][0]["segments"]

@@ -9,11 +9,11 @@ import torch
 
 from helpers_cli import run_cli, run_subprocess
 from helpers_images import make_dataset
-from trainer.errors import UserError
-from trainer.hypernetwork import create_hypernetwork, read_hypernetwork
-from trainer.hypernetwork_training import CachedConditioning, train_hypernetwork
-from trainer.sampling import Txt2ImgParams, read_infotext, txt2img
-from trainer.train_config import TrainConfig
+from common.errors import UserError
+from trainer.hypernetworks.network import create_hypernetwork, read_hypernetwork
+from trainer.training.hypernetwork import CachedConditioning, train_hypernetwork
+from trainer.sampling.txt2img import Txt2ImgParams, read_infotext, txt2img
+from trainer.training.config import TrainConfig
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "textual_inversion_templates"
 SMALL = ["--width", 64, "--height", 64, "--preview-steps", 2, "--seed", 1, "--quiet"]

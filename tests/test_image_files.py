@@ -4,8 +4,8 @@ from PIL import Image
 
 from preprocess.captions_review import caption_of, list_images as review_images
 from preprocess.pipeline import list_source_files
-from trainer.dataset import filewords_for
-from trainer.image_files import list_images, read_caption
+from trainer.training.dataset import filewords_for
+from common.image_files import list_images, read_caption
 
 CAPTIONS = {
     "utf8": "café au lait, ñandú".encode("utf-8"),

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from helpers_images import make_dataset
-from trainer.errors import UserError, with_hint
+from common.errors import UserError, with_hint
 from trainer.job import Job
-from trainer.loss_history import epoch_of, read_loss_history
-from trainer.train_config import PreviewSettings, TrainConfig
+from trainer.training.loss_history import epoch_of, read_loss_history
+from trainer.training.config import PreviewSettings, TrainConfig
 from trainer.workspace import Folders, Workspace
 from webui import job_view
 from webui.hints import HYPERNETWORK_HINTS, PAGE_HINTS, job_error
@@ -111,7 +111,7 @@ def test_training_from_the_page_resolves_paths_keeps_its_settings_and_resumes_wi
     make_dataset(tmp_path / "photos", size=(64, 64))
     (tmp_path / "photos" / "broken.png").write_bytes(b"not an image")
     ws = Workspace(Folders.under(tmp_path), "cpu", model=demo_model)
-    from trainer.embeddings import create_embedding
+    from trainer.embeddings.library import create_embedding
 
     create_embedding(demo_model.tokenizer, demo_model.text_encoder, "cat", embeddings_dir=ws.folders.embeddings_dir)
     common = dict(template="style_filewords.txt", width=64, height=64, save_every=0, preview_every=0, seed=1)

@@ -10,8 +10,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from helpers_images import make_dataset
-from trainer.dataset import TextualInversionDataset
-from trainer.latent_cache import LatentCache, vae_identity
+from trainer.training.dataset import TextualInversionDataset
+from trainer.training.latent_cache import LatentCache, vae_identity
 
 
 class EncodeCounter:
@@ -151,9 +151,9 @@ def test_without_a_cache_folder_nothing_is_written(tmp_path, demo_model):
 @pytest.mark.parametrize("setting", ["", "custom"])
 def test_training_keeps_the_cache_where_the_settings_say(tmp_path, demo_model, setting):
     from helpers_cli import workdir
-    from trainer.embeddings import create_embedding
-    from trainer.textual_inversion import train_embedding
-    from trainer.train_config import TrainConfig
+    from trainer.embeddings.library import create_embedding
+    from trainer.training.textual_inversion import train_embedding
+    from trainer.training.config import TrainConfig
 
     work = workdir(tmp_path)
     make_dataset(work / "data", size=(64, 64), count=2)

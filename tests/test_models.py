@@ -9,9 +9,9 @@ import torch
 
 from helpers_models import (assert_same_weights, save_config_folder, save_diffusers_folder, save_single_file,
                             tiny_components)
-from trainer.demo import DEMO_WEIGHTS
-from trainer.errors import UserError
-from trainer.models import (CONFIGS_DIR, checkpoint_hash, detect_family, file_sha256, list_checkpoints,
+from trainer.models.demo import DEMO_WEIGHTS
+from common.errors import UserError
+from trainer.models.loading import (CONFIGS_DIR, checkpoint_hash, detect_family, file_sha256, list_checkpoints,
                             load_model, looks_like_v_prediction)
 
 

@@ -10,13 +10,13 @@ import torch
 
 from helpers_cli import run_cli
 from helpers_images import make_dataset
-from trainer.conditioning import PromptEncoder
-from trainer.embeddings import create_embedding
-from trainer.errors import UserError
-from trainer.precision import gradient_checkpointing, hold_frozen_weights, resolve_mixed_precision
-from trainer.sampling import _decode
-from trainer.textual_inversion import train_embedding
-from trainer.train_config import TrainConfig
+from trainer.prompts.conditioning import PromptEncoder
+from trainer.embeddings.library import create_embedding
+from common.errors import UserError
+from trainer.models.precision import gradient_checkpointing, hold_frozen_weights, resolve_mixed_precision
+from trainer.sampling.txt2img import _decode
+from trainer.training.textual_inversion import train_embedding
+from trainer.training.config import TrainConfig
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "textual_inversion_templates"
 

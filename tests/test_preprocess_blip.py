@@ -8,7 +8,7 @@ from preprocess import PreprocessConfig, run_preprocess
 from preprocess import caption as caption_module
 from preprocess import pipeline
 from preprocess.caption import BlipCaptioner, combine_caption, resolve_blip_model
-from trainer.errors import UserError
+from common.errors import UserError
 
 BLIP_SETTINGS = dict(beams=1, min_length=4, max_length=10)
 

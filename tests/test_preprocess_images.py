@@ -6,7 +6,7 @@ from PIL import Image
 from helpers_preprocess import (cmyk_jpeg, exif_rotated_jpeg, grey16_png, junk_png, palette_png_with_transparency,
                                 photo, rgba_png, truncated_jpeg)
 from preprocess.images import ImageReadError, cover_crop, open_image, save_png_atomic, to_rgb
-from trainer.image_files import read_caption
+from common.image_files import read_caption
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -10,7 +10,7 @@ from helpers_preprocess import (astronaut_face_box, cmyk_jpeg, exif_rotated_jpeg
                                 wide_canvas_with_face_right)
 from preprocess import PreprocessConfig, run_preprocess
 from preprocess.pipeline import validate_config
-from trainer.errors import UserError
+from common.errors import UserError
 
 SMALL = dict(width=64, height=64)
 

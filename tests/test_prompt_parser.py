@@ -1,7 +1,7 @@
 """The A1111 prompt grammar: emphasis, prompt editing / alternation schedules, AND."""
 import pytest
 
-from trainer.prompt_parser import parse_prompt_attention, prompt_schedule, prompt_schedules, split_and
+from trainer.prompts.parser import parse_prompt_attention, prompt_schedule, prompt_schedules, split_and
 
 # ------------------------------------------------------------------------------------------------ emphasis
 

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.demo import build_demo_components
-from trainer.errors import UserError
-from trainer.sd_model import SDModel
+from trainer.models.demo import build_demo_components
+from common.errors import UserError
+from trainer.models.sd_model import SDModel
 
-from trainer.sampling import (
+from trainer.sampling.txt2img import (
     SAMPLERS, ConditioningPlan, Txt2ImgParams, combine_guidance, format_infotext, read_infotext,
     save_png_with_infotext, text_at_step, txt2img, validate_params,
 )
-from trainer.samplers import make_scheduler
+from trainer.sampling.samplers import make_scheduler
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_long_prompts_mix_with_short_ones(model):
 
 
 def test_each_distinct_text_is_encoded_once(model, monkeypatch):
-    import trainer.sampling as sampling
+    import trainer.sampling.txt2img as sampling
 
     calls = []
     real = sampling.PromptEncoder

@@ -1,8 +1,8 @@
 """Learning-rate schedule strings behave like the reference webui's."""
 import pytest
 
-from trainer.errors import UserError
-from trainer.schedule import parse_schedule
+from common.errors import UserError
+from trainer.training.schedule import parse_schedule
 
 
 def walk(schedule, start, max_steps):

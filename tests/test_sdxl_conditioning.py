@@ -9,9 +9,9 @@ import torch
 
 from helpers_images import make_dataset
 from helpers_sdxl import sdxl_files, sdxl_model  # noqa: F401 - fixtures
-from trainer.dataset import TextualInversionDataset
-from trainer.sampling import Txt2ImgParams, txt2img
-from trainer.sdxl import SDXLPromptEncoder, batch_time_ids, prompt_encoder_for, size_time_ids, vae_precision
+from trainer.training.dataset import TextualInversionDataset
+from trainer.sampling.txt2img import Txt2ImgParams, txt2img
+from trainer.models.sdxl import SDXLPromptEncoder, batch_time_ids, prompt_encoder_for, size_time_ids, vae_precision
 
 
 def test_context_is_both_penultimate_states_and_pooled_is_the_projection(sdxl_model):

@@ -10,9 +10,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from helpers_sdxl import sdxl_files, sdxl_model  # noqa: F401 - fixtures
-from trainer.embeddings import (Embedding, create_embedding, load_embeddings_dir, read_embedding_file,
+from trainer.embeddings.library import (Embedding, create_embedding, load_embeddings_dir, read_embedding_file,
                                 read_image_embedding, save_embedding, write_image_embedding)
-from trainer.sdxl import prompt_encoder_for
+from trainer.models.sdxl import prompt_encoder_for
 from trainer.workspace import Folders, Workspace
 
 

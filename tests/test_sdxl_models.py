@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 
 from helpers_models import assert_same_weights
 from helpers_sdxl import sdxl_files, sdxl_model  # noqa: F401 - fixtures
-from trainer.checkpoint_convert import sdxl_to_original, text_encoder_to_openclip
-from trainer.errors import UserError
-from trainer.models import CONFIGS_DIR, list_checkpoints, load_model
+from trainer.models.checkpoint_convert import sdxl_to_original, text_encoder_to_openclip
+from common.errors import UserError
+from trainer.models.loading import CONFIGS_DIR, list_checkpoints, load_model
 from trainer.workspace import Workspace
 
 PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")

@@ -9,12 +9,12 @@ from safetensors.torch import load_file
 
 from helpers_cli import run_cli
 from helpers_sdxl import sdxl_files, sdxl_model  # noqa: F401 - fixtures
-from trainer.embeddings import read_embedding_file, read_image_embedding
-from trainer.errors import UserError
-from trainer.sampling import read_infotext
-from trainer.sdxl import HYPERNETWORK_REFUSAL
-from trainer.textual_inversion import train_embedding
-from trainer.train_config import TrainConfig
+from trainer.embeddings.library import read_embedding_file, read_image_embedding
+from common.errors import UserError
+from trainer.sampling.txt2img import read_infotext
+from trainer.models.sdxl import HYPERNETWORK_REFUSAL
+from trainer.training.textual_inversion import train_embedding
+from trainer.training.config import TrainConfig
 from trainer.workspace import Folders, Workspace
 
 SMALL = ["--width", 64, "--height", 64, "--preview-steps", 2, "--seed", 1]
@@ -83,7 +83,7 @@ def test_nan_watchdog_keeps_the_last_finite_sdxl_vectors(work, sdxl_files):
 
 
 def test_interrupt_saves_the_sdxl_embedding(work, sdxl_model):
-    from trainer.embeddings import create_embedding
+    from trainer.embeddings.library import create_embedding
 
     create_embedding(sdxl_model.tokenizer, sdxl_model.text_encoder, "subject", embeddings_dir=work / "emb",
                      text_encoder_2=sdxl_model.text_encoder_2)

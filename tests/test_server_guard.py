@@ -12,8 +12,8 @@ import pytest
 
 from helpers_cli import ROOT, run_cli, run_subprocess, workdir
 from helpers_corpus import one_sentence
-from trainer.embeddings import read_embedding_file
-from trainer.train_config import TrainConfig
+from trainer.embeddings.library import read_embedding_file
+from trainer.training.config import TrainConfig
 from trainer.workspace import Folders, Workspace
 
 SECRETS = ("secretemb", "secrethn", "secret_template", "secretckpt")

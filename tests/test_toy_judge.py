@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from trainer.toy_judge import judge
-from trainer.toy_world import PALETTE, Concept, random_scene, render
+from trainer.toy.judge import judge
+from trainer.toy.world import PALETTE, Concept, random_scene, render
 
 
 def test_names_every_clean_picture_of_the_world():

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from helpers_cli import run_cli
-from trainer.errors import UserError
-from trainer.toy_world import (COLOURS, PALETTE, SHAPES, Concept, caption, parse_concept, random_scene, render,
+from common.errors import UserError
+from trainer.toy.world import (COLOURS, PALETTE, SHAPES, Concept, caption, parse_concept, random_scene, render,
                                write_dataset)
 
 
@@ -39,7 +39,7 @@ def test_pictures_use_the_issue_palette_with_the_shape_at_35_to_65_percent():
 
 
 def test_captions_are_plain_english_the_clip_tokenizer_knows():
-    from trainer.demo import load_clip_tokenizer
+    from trainer.models.demo import load_clip_tokenizer
 
     tokenizer = load_clip_tokenizer()
     scene = random_scene(random.Random(1), "star", "yellow", "purple")

@@ -5,9 +5,9 @@ import json
 import torch
 
 from helpers_cli import run_cli, run_subprocess
-from trainer.embeddings import read_embedding_file, read_image_embedding
-from trainer.sampling import read_infotext
-from trainer.train_config import TrainConfig
+from trainer.embeddings.library import read_embedding_file, read_image_embedding
+from trainer.sampling.txt2img import read_infotext
+from trainer.training.config import TrainConfig
 
 SMALL = ["--width", 64, "--height", 64, "--preview-steps", 2, "--seed", 1, "--quiet"]
 
@@ -185,7 +185,7 @@ def test_two_processes_train_data_parallel(work):
 
 
 def test_an_embedding_is_trained_where_and_as_it_was_found(work):
-    from trainer.embeddings import Embedding, save_embedding
+    from trainer.embeddings.library import Embedding, save_embedding
 
     save_embedding(Embedding("style-sf", torch.zeros(2, 64)), work / "embeddings" / "styles" / "style-sf.safetensors")
     save_embedding(Embedding("big", torch.zeros(1, 768)), work / "embeddings" / "big.pt")

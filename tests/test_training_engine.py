@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from helpers_images import make_dataset
-from trainer.embeddings import create_embedding, read_embedding_file
-from trainer.errors import UserError
+from trainer.embeddings.library import create_embedding, read_embedding_file
+from common.errors import UserError
 from trainer.job import JobRunner
-from trainer.textual_inversion import train_embedding
-from trainer.train_config import TrainConfig
+from trainer.training.textual_inversion import train_embedding
+from trainer.training.config import TrainConfig
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "textual_inversion_templates"
 

@@ -2,7 +2,7 @@
 from PIL import Image
 
 from helpers_cli import run_cli, workdir
-from trainer.sampling import read_infotext
+from trainer.sampling.txt2img import read_infotext
 
 
 def test_txt2img_writes_png_with_infotext_and_is_seeded(tmp_path):

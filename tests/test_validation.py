@@ -9,12 +9,12 @@ import torch
 
 from helpers_cli import run_cli
 from helpers_images import make_dataset
-from trainer.embeddings import Embedding, create_embedding, read_embedding_file, save_embedding
-from trainer.hypernetwork import read_hypernetwork
+from trainer.embeddings.library import Embedding, create_embedding, read_embedding_file, save_embedding
+from trainer.hypernetworks.network import read_hypernetwork
 from trainer.job import Job
-from trainer.textual_inversion import train_embedding
-from trainer.train_config import TrainConfig
-from trainer.validation import FixedSet, Validation
+from trainer.training.textual_inversion import train_embedding
+from trainer.training.config import TrainConfig
+from trainer.training.validation import FixedSet, Validation
 from webui import job_view
 
 SMALL = ["--width", 64, "--height", 64, "--save-every", 0, "--preview-every", 0, "--quiet"]

@@ -1,7 +1,7 @@
 """The workspace re-reads the embeddings folder only when something in it changed."""
 import torch
 
-from trainer.embeddings import Embedding, save_embedding
+from trainer.embeddings.library import Embedding, save_embedding
 from trainer.workspace import Folders, Workspace
 
 

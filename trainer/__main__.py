@@ -24,10 +24,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-from .cpu_env import add_threads_argument, apply_cpu_defaults, set_threads  # noqa: E402 (imports no torch)
+from common.cpu_env import add_threads_argument, apply_cpu_defaults, set_threads  # noqa: E402 (imports no torch)
 
 apply_cpu_defaults()  # passive OpenMP waits, huge-page allocations: before anything imports torch
-from .errors import UserError, with_hint  # noqa: E402
+from common.errors import UserError, with_hint  # noqa: E402
 
 # How this interface names the controls an error's sentence points at (the page names its checkboxes instead).
 CLI_HINTS = {"overwrite": "Pass --overwrite to replace it.", "blip_model": "Or pass its folder with --blip-model."}
@@ -178,7 +178,7 @@ def add_training_arguments(p, default_learn_rate: str):
 
 def folders_from_args(args):
     """The folders, all resolved against the one data folder (see `Folders.under`)."""
-    from .folders import Folders
+    from common.folders import Folders
 
     return Folders.under(getattr(args, "data_dir", None), ckpt_dir=getattr(args, "ckpt_dir", None),
                          embeddings_dir=getattr(args, "embeddings_dir", None),
@@ -188,7 +188,7 @@ def folders_from_args(args):
 
 
 def make_workspace(args):
-    from .workspace import Workspace
+    from trainer.workspace import Workspace
 
     workspace = Workspace(folders_from_args(args), args.device)
     workspace.load_model(args.model)
@@ -196,7 +196,7 @@ def make_workspace(args):
 
 
 def cmd_create_embedding(args):
-    from .embeddings import create_embedding
+    from trainer.embeddings.library import create_embedding
 
     ws = make_workspace(args)
     model = ws.model
@@ -218,7 +218,7 @@ CONFIG_FIELDS = ("name", "dataset", "log_dir", "template", "learn_rate", "batch_
 def train_config_from_args(args, default_learn_rate: str | None = None):
     """Defaults (`default_learn_rate` for the learning rate when given), overridden by --settings, overridden by
     the flags actually given."""
-    from .train_config import PreviewSettings, TrainConfig, read_settings_file, settings_values
+    from trainer.training.config import PreviewSettings, TrainConfig, read_settings_file, settings_values
 
     values = {"learn_rate": default_learn_rate} if default_learn_rate else {}
     if getattr(args, "settings", None):  # may lack name/dataset: --name/--dataset fill them in
@@ -240,9 +240,9 @@ def train_config_from_args(args, default_learn_rate: str | None = None):
 def run_training(args, cfg, train):
     """Shared by train-embedding and train-hypernetwork: accelerator, workspace, Ctrl-C, printing the result.
     `train(workspace, progress, should_stop, accelerator)` runs the loop and returns its TrainResult."""
-    from .cli_progress import ConsoleProgress
-    from .training_common import make_accelerator
-    from .workspace import best_device
+    from trainer.cli_progress import ConsoleProgress
+    from trainer.training.common import make_accelerator
+    from trainer.workspace import best_device
 
     cfg.validate()
     folders = folders_from_args(args)
@@ -268,7 +268,7 @@ def run_training(args, cfg, train):
 
 
 def cmd_train_embedding(args):
-    from .textual_inversion import train_embedding
+    from trainer.training.textual_inversion import train_embedding
 
     def train(ws, progress, should_stop, accelerator):
         return train_embedding(ws.model, cfg, ws.folders.embeddings_dir, ws.folders.templates_dir,
@@ -280,7 +280,7 @@ def cmd_train_embedding(args):
 
 
 def cmd_create_hypernetwork(args):
-    from .hypernetwork import create_hypernetwork, default_sizes
+    from trainer.hypernetworks.network import create_hypernetwork, default_sizes
 
     ws = make_workspace(args)
     model = ws.model
@@ -295,7 +295,7 @@ def cmd_create_hypernetwork(args):
 
 
 def cmd_train_hypernetwork(args):
-    from .hypernetwork_training import DEFAULT_LEARN_RATE, train_hypernetwork
+    from trainer.training.hypernetwork import DEFAULT_LEARN_RATE, train_hypernetwork
 
     def train(ws, progress, should_stop, accelerator):
         return train_hypernetwork(ws.model, cfg, ws.folders.hypernetwork_dir, ws.folders.templates_dir,
@@ -307,7 +307,7 @@ def cmd_train_hypernetwork(args):
 
 
 def cmd_list_embeddings(args):
-    from .embeddings import to_api_json
+    from trainer.embeddings.library import to_api_json
 
     ws = make_workspace(args)
     loaded, skipped = ws.embeddings()
@@ -328,8 +328,8 @@ def cmd_list_embeddings(args):
 
 
 def cmd_txt2img(args):
-    from .prompt_view import embedding_notes
-    from .sampling import Txt2ImgParams, save_png_with_infotext, save_txt2img_outputs, txt2img
+    from trainer.prompts.view import embedding_notes
+    from trainer.sampling.txt2img import Txt2ImgParams, save_png_with_infotext, save_txt2img_outputs, txt2img
 
     targets = None
     if args.out is not None:  # checked before any work: an existing file is never replaced without --overwrite
@@ -364,7 +364,7 @@ def cmd_txt2img(args):
 
 
 def cmd_make_demo_dataset(args):
-    from .toy_world import parse_concept, write_dataset
+    from trainer.toy.world import parse_concept, write_dataset
 
     concept = parse_concept(args.concept)
     paths = write_dataset(args.dir, concept, count=args.count, seed=args.seed, size=args.size,

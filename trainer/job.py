@@ -9,7 +9,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from .errors import UserError
+from common.errors import UserError
 
 MAX_PREVIEWS = 16  # the newest previews the page shows; every file stays in the log folder
 

@@ -11,8 +11,8 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import UserError
-from .names import check_name_length
+from common.errors import UserError
+from trainer.names import check_name_length
 
 UNREADABLE_GRACE_SECONDS = 30  # a lock file still being written by its owner is empty for a moment
 

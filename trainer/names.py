@@ -7,7 +7,7 @@ the list picked.
 import os
 from pathlib import Path
 
-from .errors import UserError
+from common.errors import UserError
 
 # File names may have 255 bytes; the longest thing we add to a name is ".safetensors.optim.tmp" plus the
 # random part of a temporary file, so names stay well below.

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from .embeddings import load_embeddings_dir
-from .folders import Folders
-from .errors import UserError
-from .job import JobRunner
-from .models import list_checkpoints, load_model
+from trainer.embeddings.library import load_embeddings_dir
+from common.folders import Folders
+from common.errors import UserError
+from trainer.job import JobRunner
+from trainer.models.loading import list_checkpoints, load_model
 
 
 def best_device() -> str:
@@ -102,14 +102,14 @@ class Workspace:
     # --- hypernetworks -------------------------------------------------------------------------------------
     def hypernetworks(self) -> list:
         """Names of the hypernetworks in the folder (files are not opened), sorted as the reference lists them."""
-        from .hypernetwork import list_hypernetworks
+        from trainer.hypernetworks.network import list_hypernetworks
 
         return list(list_hypernetworks(self.folders.hypernetwork_dir))
 
     def hypernetwork_library(self):
         """The hypernetworks folder as a mapping name -> Hypernetwork (loaded once, reloaded when a file changes),
         for `<hypernet:name:multiplier>` in prompts."""
-        from .hypernetwork import HypernetworkFolder
+        from trainer.hypernetworks.network import HypernetworkFolder
 
         if self._hypernetwork_library is None or self._hypernetwork_library.folder != Path(self.folders.hypernetwork_dir):
             self._hypernetwork_library = HypernetworkFolder(self.folders.hypernetwork_dir)
@@ -124,7 +124,7 @@ class Workspace:
     # --- jobs -----------------------------------------------------------------------------------------------
     def start_training(self, cfg):
         """Start training an embedding in the background job; refused (UserError) while another job runs."""
-        from .textual_inversion import train_embedding
+        from trainer.training.textual_inversion import train_embedding
 
         return self._start_training_job(cfg, "embedding", lambda model, job: train_embedding(
             model, cfg, self.folders.embeddings_dir, self.folders.templates_dir,
@@ -132,8 +132,8 @@ class Workspace:
 
     def start_hypernetwork_training(self, cfg):
         """Start training a hypernetwork in the background job; refused (UserError) while another job runs."""
-        from .hypernetwork_training import train_hypernetwork
-        from .sdxl import refuse_sdxl_hypernetwork_training
+        from trainer.training.hypernetwork import train_hypernetwork
+        from trainer.models.sdxl import refuse_sdxl_hypernetwork_training
 
         refuse_sdxl_hypernetwork_training(self.model)
         return self._start_training_job(cfg, "hypernetwork", lambda model, job: train_hypernetwork(

@@ -21,11 +21,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
-from trainer.dataset import LATENT_SAMPLING
-from trainer.errors import UserError
+from trainer.training.dataset import LATENT_SAMPLING
+from common.errors import UserError
 from trainer.job import JobBusy
-from trainer.samplers import SAMPLERS
-from trainer.train_config import PreviewSettings, TrainConfig
+from trainer.sampling.samplers import SAMPLERS
+from trainer.training.config import PreviewSettings, TrainConfig
 
 from . import api_models as m
 from .api_http import (API_PREFIX, ApiError, BasicAuth, api_error_handler, docs_page, same_origin,
@@ -108,12 +108,12 @@ class Api:
 
     def embeddings(self):
         """Loaded and skipped embeddings for the loaded model (skipped ones with the reason)."""
-        from trainer.embeddings import to_api_json
+        from trainer.embeddings.library import to_api_json
 
         return to_api_json(*self.ws.embeddings())
 
     def hypernetworks(self):
-        from trainer.hypernetwork import list_hypernetworks
+        from trainer.hypernetworks.network import list_hypernetworks
 
         return [{"name": name, "path": str(path)} for name, path in
                 list_hypernetworks(self.ws.folders.hypernetwork_dir).items()]
@@ -177,7 +177,7 @@ class Api:
     def txt2img(self, req: m.Txt2ImgRequest):
         """Images as base64 PNG (each carrying its infotext); the prompt grammar, embeddings and
         <hypernet:name:multiplier> work as in the page. Runs beside a training job, as the page's Generate."""
-        from trainer.sampling import Txt2ImgParams, save_txt2img_outputs, txt2img
+        from trainer.sampling.txt2img import Txt2ImgParams, save_txt2img_outputs, txt2img
 
         overrides = req.override_settings or {}
         wanted = overrides.get("sd_model_checkpoint")
@@ -245,7 +245,7 @@ class Api:
 
     def create_hypernetwork(self, req: m.CreateHypernetworkRequest):
         """Create `<hypernetwork dir>/<name>.pt` (as the Create hypernetwork tab), as a job of the shared runner."""
-        from trainer.hypernetwork import DEFAULT_DROPOUT_STRUCTURE, DEFAULT_LAYER_STRUCTURE, default_sizes
+        from trainer.hypernetworks.network import DEFAULT_DROPOUT_STRUCTURE, DEFAULT_LAYER_STRUCTURE, default_sizes
 
         from . import create_hypernetwork_tab
 
@@ -293,7 +293,7 @@ class Api:
 
     def _train_config(self, req: m.TrainRequest, name, learn_rate, save_every, png_embedding, what, start_step):
         """The TrainConfig for a request, checked before anything runs (each problem a 4xx sentence)."""
-        from trainer.training_common import parse_schedules
+        from trainer.training.common import parse_schedules
 
         template = check_plain_name(req.template_filename, "template_filename")
         if template not in self.ws.templates():
@@ -491,7 +491,7 @@ def model_name(name: str) -> str:
 
 
 def checkpoint_filename(ws, name: str) -> str:
-    from trainer.models import DEMO
+    from trainer.models.loading import DEMO
 
     return name if name == DEMO else str((Path(ws.folders.ckpt_dir) / name).resolve())
 

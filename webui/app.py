@@ -9,9 +9,9 @@ import time
 
 import gradio as gr
 
-from trainer.errors import UserError
-from trainer.prompt_view import describe_prompt
-from trainer.train_config import PreviewSettings, TrainConfig
+from common.errors import UserError
+from trainer.prompts.view import describe_prompt
+from trainer.training.config import PreviewSettings, TrainConfig
 
 from . import (create_embedding_tab, create_hypernetwork_tab, demo_dataset, job_view, output_column, preprocess_tab,
                reattach, train_tab, txt2img_run, txt2img_tab)
@@ -248,7 +248,7 @@ def model_caption(ws) -> str:
 
 
 def token_counter_html(ws, prompt: str) -> str:
-    from trainer.conditioning import PromptEncoder
+    from trainer.prompts.conditioning import PromptEncoder
 
     model = ws.model
     encoder = PromptEncoder(model.tokenizer, model.text_encoder, ws.embedding_vectors())

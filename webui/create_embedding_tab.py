@@ -25,7 +25,7 @@ def build() -> SimpleNamespace:
 
 def create(ws, name, init_text, vectors, overwrite, file_format="pt") -> Path:
     """Create the embedding file and return its path (UserError on bad input)."""
-    from trainer.embeddings import create_embedding
+    from trainer.embeddings.library import create_embedding
 
     model = ws.model
     path = create_embedding(model.tokenizer, model.text_encoder, name, init_text=init_text,

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from trainer.hypernetwork import (ACTIVATIONS, DEFAULT_DROPOUT_STRUCTURE, DEFAULT_LAYER_STRUCTURE, WEIGHT_INITS,
+from trainer.hypernetworks.network import (ACTIVATIONS, DEFAULT_DROPOUT_STRUCTURE, DEFAULT_LAYER_STRUCTURE, WEIGHT_INITS,
                                   default_sizes, size_choices)
 
 
@@ -56,7 +56,7 @@ def sizes_update(ws) -> dict:
 def create(ws, name, sizes, layer_structure, activation, weight_init, layer_norm, use_dropout, dropout_structure,
            overwrite) -> str:
     """Create the file; returns the reference's "Created: <path>" message (raises UserError on bad input)."""
-    from trainer.hypernetwork import create_hypernetwork
+    from trainer.hypernetworks.network import create_hypernetwork
 
     model = ws.model
     path = create_hypernetwork(name, list(sizes or []), layer_structure=layer_structure, activation=activation,
@@ -70,7 +70,7 @@ def create(ws, name, sizes, layer_structure, activation, weight_init, layer_norm
 def wire(ws, c, out, tr, model_status, demo):
     """Create button -> file + refreshed Train dropdown; the module sizes follow the loaded checkpoint; the Train
     subtab's hypernetwork list is read afresh on page load and by its refresh button."""
-    from trainer.errors import UserError
+    from common.errors import UserError
 
     from .hints import HYPERNETWORK_HINTS, page_message
 

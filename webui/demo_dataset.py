@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from trainer.errors import UserError
-from trainer.toy_world import parse_concept, write_dataset
+from common.errors import UserError
+from trainer.toy.world import parse_concept, write_dataset
 
 
 def build() -> SimpleNamespace:

@@ -1,5 +1,5 @@
 """How the page names the controls an error's sentence points at (UserError.control); the CLI names its flags."""
-from trainer.errors import UserError, with_hint
+from common.errors import UserError, with_hint
 
 PAGE_HINTS = {"overwrite": "Tick 'Overwrite Old Embedding' to replace it.",
               "blip_model": "Or write its folder in 'BLIP model folder'."}

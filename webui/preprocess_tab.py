@@ -13,7 +13,7 @@ import gradio as gr
 from preprocess.caption import DEFAULT_BLIP_DIR
 from preprocess.captions_review import caption_of, list_images, save_caption, thumbnail
 from preprocess.pipeline import PreprocessConfig
-from trainer.errors import UserError
+from common.errors import UserError
 
 from .hints import page_message
 

@@ -1,4 +1,4 @@
-"""Render trainer.prompt_view.describe_prompt as HTML: colour by weight, embeddings and schedules marked."""
+"""Render trainer.prompts.view.describe_prompt as HTML: colour by weight, embeddings and schedules marked."""
 import html
 
 

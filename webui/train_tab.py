@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from trainer.dataset import LATENT_SAMPLING
-from trainer.train_config import PreviewSettings, TrainConfig
+from trainer.training.dataset import LATENT_SAMPLING
+from trainer.training.config import PreviewSettings, TrainConfig
 
 
 def native_size(ws) -> int:

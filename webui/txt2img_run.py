@@ -4,8 +4,8 @@ import html
 import threading
 import time
 
-from trainer.errors import UserError
-from trainer.prompt_view import embedding_notes
+from common.errors import UserError
+from trainer.prompts.view import embedding_notes
 
 from . import txt2img_tab
 from .job_view import format_duration
@@ -32,7 +32,7 @@ def progress_line(event: dict | None, started: float) -> str:
 def generate(ws, values, stop: threading.Event):
     """Yields (gallery, infotext, error, progress) while generating; the last one carries the images."""
     import gradio as gr
-    from trainer.sampling import save_txt2img_outputs, txt2img
+    from trainer.sampling.txt2img import save_txt2img_outputs, txt2img
 
     stop.clear()
     loaded, skipped = ws.embeddings()

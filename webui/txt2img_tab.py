@@ -3,8 +3,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from trainer.samplers import SAMPLERS
-from trainer.sampling import Txt2ImgParams
+from trainer.sampling.samplers import SAMPLERS
+from trainer.sampling.txt2img import Txt2ImgParams
 
 
 def build(size: int = 512) -> SimpleNamespace:

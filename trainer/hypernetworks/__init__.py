@@ -1,0 +1,1 @@
+"""Hypernetworks: the network and its files (network), and how it wraps cross-attention (attention)."""
