@@ -34,7 +34,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from trainer.embeddings.library import create_embedding  # noqa: E402
-from trainer.models.loading import CONFIGS_DIR, TOKENIZERS, load_model, load_tokenizer, training_scheduler_config  # noqa: E402
+from trainer.models.loading import CONFIGS_DIR, load_model, training_scheduler_config  # noqa: E402
+from trainer.models.tokenizers import TOKENIZERS, load_tokenizer  # noqa: E402
 from trainer.models.sd_model import SDModel  # noqa: E402
 from trainer.training.textual_inversion import train_embedding  # noqa: E402
 from trainer.training.config import TrainConfig  # noqa: E402

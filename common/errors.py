@@ -16,3 +16,10 @@ def with_hint(error: Exception, hints: dict) -> str:
     """The error's sentence followed by the interface's hint for its control, when it has one."""
     hint = hints.get(getattr(error, "control", None))
     return f"{error} {hint}" if hint else str(error)
+
+
+def first_line(error: Exception, limit: int = 200) -> str:
+    """The first line of an exception's text (its class name when it has none), without a closing full stop, at
+    most `limit` characters: the part of a library's error that fits in one of our sentences."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:limit].rstrip(".")

@@ -74,9 +74,10 @@ def _link_new(temp: str, path: Path) -> None:
     os.unlink(temp)
 
 
-def atomic_write_bytes(path, data: bytes) -> Path:
-    return atomic_write(path, lambda temp: Path(temp).write_bytes(data))
+def atomic_write_bytes(path, data: bytes, exclusive: bool = False) -> Path:
+    return atomic_write(path, lambda temp: Path(temp).write_bytes(data), exclusive=exclusive)
 
 
-def atomic_write_text(path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path, text: str, exclusive: bool = False) -> Path:
+    """`text` as UTF-8 (no BOM)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), exclusive=exclusive)

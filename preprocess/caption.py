@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from common.errors import UserError
+from common.errors import UserError, first_line
 
 CAPTION_ACTIONS = ("ignore", "copy", "prepend", "append")
 DEFAULT_BLIP_DIR = Path("models") / "BLIP"
@@ -89,7 +89,7 @@ class BlipCaptioner:
             self.processor = BlipProcessor.from_pretrained(source, local_files_only=local)
             self.model = BlipForConditionalGeneration.from_pretrained(source, local_files_only=local)
         except Exception as exc:  # noqa: BLE001 - a broken folder is the user's input
-            raise UserError(f"The BLIP model {source} could not be loaded: {_first_line(exc)}") from None
+            raise UserError(f"The BLIP model {source} could not be loaded: {first_line(exc)}.") from None
         self.model.to(self.device, self.dtype).eval()
         self.source = source
 
@@ -116,9 +116,3 @@ class BlipCaptioner:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    line = text.splitlines()[0][:300]
-    return line if line.endswith(".") else line + "."

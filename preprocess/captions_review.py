@@ -83,11 +83,6 @@ def caption_of(image: str | Path) -> CaptionedImage:
     return CaptionedImage(path, text or "", text is not None)
 
 
-def list_captioned_images(folder: str | Path) -> list[CaptionedImage]:
-    """Every image of `folder` with its caption, in name order."""
-    return [caption_of(path) for path in list_images(folder)]
-
-
 def save_caption(image: str | Path, caption: str) -> Path:
     """Write `caption` (surrounding white space removed) to the image's `<stem>.txt`, atomically; returns
     the caption file. UserError when the folder or the image no longer exists or the file cannot be written."""

@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from common.errors import first_line
+
 KINDS = ("edges", "entropy", "faces")
 COLOURS = {"edges": (0, 0, 255), "entropy": (255, 255, 0), "faces": (255, 0, 0)}
 LABELS = {"edges": "Edges", "entropy": "Entropy", "faces": "Face"}
@@ -79,7 +81,7 @@ class FaceFinder:
                 self._yunet = cv2.FaceDetectorYN.create(str(yunet_model), "", (320, 320), 0.9, 0.3, 5000)
             except cv2.error as exc:
                 self.notes.append(f"The YuNet face model {Path(yunet_model).name} could not be loaded "
-                                  f"({_first_line(exc)}); using OpenCV's Haar cascades instead.")
+                                  f"({first_line(exc)}); using OpenCV's Haar cascades instead.")
                 self._yunet = None
 
     @property
@@ -97,7 +99,7 @@ class FaceFinder:
             self._yunet.setInputSize((width, height))
             _, faces = self._yunet.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         except cv2.error as exc:
-            self.notes.append(f"YuNet face detection failed ({_first_line(exc)}).")
+            self.notes.append(f"YuNet face detection failed ({first_line(exc)}).")
             return []
         if faces is None:
             return []
@@ -277,8 +279,3 @@ def draw_debug(scaled: Image.Image, crop: FocalCrop) -> Image.Image:
     x1, y1, x2, y2 = crop.box
     draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=FOCUS_COLOUR, width=2)
     return canvas
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[-1] if text else type(exc).__name__)[:200]

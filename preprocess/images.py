@@ -105,11 +105,6 @@ def save_png_atomic(image: Image.Image, path: str | Path, exclusive: bool = Fals
     return atomic_write(path, lambda temp: image.save(temp, format="PNG", compress_level=4), exclusive=exclusive)
 
 
-def write_text_atomic(text: str, path: str | Path, exclusive: bool = False) -> Path:
-    """Write UTF-8 `text` to `path` atomically."""
-    return atomic_write(path, lambda temp: Path(temp).write_bytes(text.encode("utf-8")), exclusive=exclusive)
-
-
 def _pixel_count(exc: Exception) -> str:
     text = str(exc)
     # Pillow: "Image size (N pixels) exceeds limit of M pixels, could be decompression bomb DOS attack."

@@ -36,12 +36,13 @@ from typing import Callable
 from PIL import Image, ImageOps
 
 from common.errors import UserError
+from common.files import atomic_write_text
 from common.image_files import is_hidden, read_caption
 
 from .autosize import OBJECTIVES, autosize_crop
 from .caption import CAPTION_ACTIONS, DEFAULT_BLIP_DIR, BlipCaptioner, combine_caption
 from .focal import FaceFinder, FocalSettings, find_yunet_model, focal_crop
-from .images import ImageReadError, cover_crop, open_image, save_png_atomic, write_text_atomic
+from .images import ImageReadError, cover_crop, open_image, save_png_atomic
 from .split import split_image
 
 DEBUG_FOLDER = "focal-debug"
@@ -332,7 +333,7 @@ class _Writer:
             save_png_atomic(image, png, exclusive=not self.config.overwrite)
             self.result.written.append(png)
             if caption:
-                write_text_atomic(caption, txt, exclusive=not self.config.overwrite)
+                atomic_write_text(txt, caption, exclusive=not self.config.overwrite)
                 self.result.captions.append(txt)
             elif self.config.overwrite and txt.is_file():
                 txt.unlink()  # outdated caption of an earlier run's output of the same name

@@ -40,8 +40,8 @@ from safetensors.torch import save_file  # noqa: E402
 from diffusers import DDPMScheduler  # noqa: E402
 
 from trainer.toy import world as toy_world  # noqa: E402
-from trainer.models.demo import DEMO_WEIGHTS, NATIVE_SIZE, SCHEDULER_CONFIG, build_demo_modules, demo_state_dict, \
-    load_clip_tokenizer  # noqa: E402
+from trainer.models.demo import DEMO_WEIGHTS, NATIVE_SIZE, SCHEDULER_CONFIG, build_demo_modules, demo_state_dict  # noqa: E402
+from trainer.models.tokenizers import load_tokenizer  # noqa: E402
 from common.files import atomic_write  # noqa: E402
 
 
@@ -319,7 +319,7 @@ def main():
     scenes, images = make_world(args.scenes, args.seed, args.threads)
     log(f"rendered {len(scenes)} scenes")
     modules = build_demo_modules(args.seed)
-    tokenizer = load_clip_tokenizer()
+    tokenizer = load_tokenizer()
 
     if args.vae_from or args.unet_from:
         args.vae_from = args.vae_from or args.unet_from

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from trainer.models.checkpoint_convert import diffusers_to_original
-from trainer.models.demo import load_clip_tokenizer
+from trainer.models.tokenizers import load_tokenizer
 
 ASSETS = Path(__file__).resolve().parent.parent / "trainer" / "assets"
 
@@ -84,7 +84,7 @@ def save_diffusers_folder(components: dict, dest: Path) -> Path:
     components["vae"].save_pretrained(dest / "vae")
     components["text_encoder"].save_pretrained(dest / "text_encoder")
     tokenizer_dir = ASSETS / ("openclip_tokenizer" if components["kind"] == "sd2" else "clip_tokenizer")
-    load_clip_tokenizer(tokenizer_dir).save_pretrained(dest / "tokenizer")
+    load_tokenizer(tokenizer_dir).save_pretrained(dest / "tokenizer")
     return dest
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from trainer.models.checkpoint_convert import sdxl_to_original
-from trainer.models.demo import load_clip_tokenizer
+from trainer.models.tokenizers import load_tokenizer
 
 ASSETS = Path(__file__).resolve().parent.parent / "trainer" / "assets"
 CLIP_L, CLIP_G, PROJECTION, TIME_DIM = 32, 48, 40, 8
@@ -88,8 +88,8 @@ def save_sdxl_diffusers_folder(components: dict, dest: Path) -> Path:
     dest = save_sdxl_config_folder(components, dest)
     for key in ("unet", "vae", "text_encoder", "text_encoder_2"):
         components[key].save_pretrained(dest / key)
-    load_clip_tokenizer(ASSETS / "clip_tokenizer").save_pretrained(dest / "tokenizer")
-    load_clip_tokenizer(ASSETS / "openclip_tokenizer").save_pretrained(dest / "tokenizer_2")
+    load_tokenizer(ASSETS / "clip_tokenizer").save_pretrained(dest / "tokenizer")
+    load_tokenizer(ASSETS / "openclip_tokenizer").save_pretrained(dest / "tokenizer_2")
     return dest
 
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from helpers_images import make_dataset
-from preprocess.captions_review import (caption_of, list_captioned_images, list_images, save_caption,
+from preprocess.captions_review import (caption_of, list_images, save_caption,
                                         thumbnail)
 from common.errors import UserError
 
@@ -30,7 +30,7 @@ def test_lists_images_in_name_order_with_their_captions(folder):
     names = [p.name for p in list_images(folder)]
     assert names == ["00000-0-astronaut.png", "00001-0-coffee.png", "00002-0-chelsea.png", "zz-upper.PNG"]
 
-    items = list_captioned_images(folder)
+    items = [caption_of(path) for path in list_images(folder)]
     assert [item.caption for item in items[:3]] == [f"a photo of a {n}, daylight, detailed"
                                                      for n in ("astronaut", "coffee", "chelsea")]
     assert all(item.has_caption_file for item in items[:3])

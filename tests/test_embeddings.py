@@ -23,7 +23,6 @@ from trainer.embeddings.images import (
 )
 from trainer.embeddings.library import (
     Embedding,
-    EmbeddingDatabase,
     EmbeddingReadError,
     clean_embedding_name,
     create_embedding,
@@ -81,7 +80,7 @@ def assert_same(read: Embedding, written: Embedding):
 
 def test_embedding_properties():
     embedding = make_embedding(vectors=3, width=768)
-    assert embedding.num_vectors == 3 and embedding.shape == 768
+    assert embedding.num_vectors == 3 and embedding.width == 768
 
 
 def test_pt_has_the_reference_layout_and_round_trips(tmp_path):
@@ -237,7 +236,7 @@ def test_sdxl_file_is_read_and_skipped_with_a_reason(tmp_path):
     halves = {"clip_l": torch.randn(2, 768), "clip_g": torch.randn(2, 1280)}
     safetensors.torch.save_file(halves, tmp_path / "xl.safetensors")
     read = read_embedding_file(tmp_path / "xl.safetensors")
-    assert (read.num_vectors, read.shape) == (2, 2048)
+    assert (read.num_vectors, read.width) == (2, 2048)
     loaded, skipped = load_embeddings_dir(tmp_path, expected_width=768)
     assert loaded == {}
     assert skipped["xl"][1] == "width 2048 does not match the model's 768 (an SDXL embedding?)"
@@ -484,7 +483,7 @@ def test_load_dir_loaded_skipped_and_ignored(tmp_path, tokenizer, text_encoder):
     assert_same(loaded["inimage"], make_embedding("inimage", seed=4))
     assert set(skipped) == {"wide", "corrupt"}
     assert skipped["wide"][1] == "width 1024 does not match the model's 32 (an SD 2.x embedding?)"
-    assert skipped["wide"][0].shape == 1024
+    assert skipped["wide"][0].width == 1024
     assert skipped["corrupt"][0] is None and "not a readable PyTorch file" in skipped["corrupt"][1]
 
     assert load_embeddings_dir(root, expected_width=None)[0].keys() >= {"b", "deep", "inimage", "wide"}
@@ -511,10 +510,7 @@ def test_api_json_shape(tmp_path):
     save_embedding_pt(make_embedding("ok", vectors=3, step=12), tmp_path / "ok.pt")
     save_embedding_pt(make_embedding("wide", width=768, step=None), tmp_path / "wide.pt")
     (tmp_path / "bad.bin").write_bytes(b"junk")
-    database = EmbeddingDatabase(tmp_path, expected_width=WIDTH).load()
-    assert database.names() == ["ok"] and database.get("ok").step == 12
-    result = database.to_api_json()
-    assert result == to_api_json(database.loaded, database.skipped)
+    result = to_api_json(*load_embeddings_dir(tmp_path, expected_width=WIDTH))
     assert result["loaded"] == {
         "ok": {"step": 12, "sd_checkpoint": "0123456789", "sd_checkpoint_name": "demo", "shape": WIDTH, "vectors": 3}
     }

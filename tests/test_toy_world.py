@@ -39,9 +39,9 @@ def test_pictures_use_the_issue_palette_with_the_shape_at_35_to_65_percent():
 
 
 def test_captions_are_plain_english_the_clip_tokenizer_knows():
-    from trainer.models.demo import load_clip_tokenizer
+    from trainer.models.tokenizers import load_tokenizer
 
-    tokenizer = load_clip_tokenizer()
+    tokenizer = load_tokenizer()
     scene = random_scene(random.Random(1), "star", "yellow", "purple")
     captions = {caption(scene, random.Random(i)) for i in range(40)}
     assert "a yellow star on a purple background" in captions and len(captions) >= 4

@@ -49,7 +49,7 @@ class Embedding:
         return int(self.vectors.shape[0])
 
     @property
-    def shape(self) -> int:
+    def width(self) -> int:
         """Width of each vector; must equal the text encoder's width (768 SD 1.x, 1024 SD 2.x)."""
         return int(self.vectors.shape[-1])
 
@@ -169,18 +169,18 @@ def fit_reason(embedding: Embedding, width: int, clip_l_width: int | None = None
     """Why ``embedding`` cannot be used with a model whose embedding vectors are ``width`` wide (and, on SDXL,
     whose clip_l part is ``clip_l_width`` wide), or None when it fits."""
     if clip_l_width is None:  # an SD 1.x/2.x model
-        if embedding.shape != width:
-            return width_mismatch_reason(embedding.shape, width)
+        if embedding.width != width:
+            return width_mismatch_reason(embedding.width, width)
         if embedding.is_sdxl:
             return "it is an SDXL embedding (clip_l and clip_g vectors) and this is not an SDXL model"
         return None
     if not embedding.is_sdxl:
-        family = FAMILY_BY_WIDTH.get(embedding.shape, "an SD 1.x/2.x")
+        family = FAMILY_BY_WIDTH.get(embedding.width, "an SD 1.x/2.x")
         family = f"an {family}" if not family.startswith("an ") else family
-        return (f"it is {family} embedding ({embedding.shape}-wide vectors for one text encoder); an SDXL model "
+        return (f"it is {family} embedding ({embedding.width}-wide vectors for one text encoder); an SDXL model "
                 "needs clip_l and clip_g vectors")
-    if embedding.clip_l_width != clip_l_width or embedding.shape != width:
-        return (f"its clip_l/clip_g widths {embedding.clip_l_width}/{embedding.shape - embedding.clip_l_width} "
+    if embedding.clip_l_width != clip_l_width or embedding.width != width:
+        return (f"its clip_l/clip_g widths {embedding.clip_l_width}/{embedding.width - embedding.clip_l_width} "
                 f"do not match the model's {clip_l_width}/{width - clip_l_width}")
     return None
 

@@ -16,6 +16,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from common.errors import first_line
 from common.files import atomic_write
 from trainer.embeddings.core import (
     Embedding,
@@ -96,15 +97,10 @@ def load_weights_only(path: str | os.PathLike):
         detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*$", str(error), re.MULTILINE)
         if "Weights only load failed" in str(error) and not (detail and "Unsupported operand" in detail.group(1)):
             raise EmbeddingReadError(_unsafe_pickle_reason(error)) from None
-        what = detail.group(1) if detail and detail.group(1) else _first_line(error)
+        what = detail.group(1) if detail and detail.group(1) else first_line(error)
         raise EmbeddingReadError(f"the file is not a readable PyTorch file ({what[:200]})") from None
     except Exception as error:  # corrupt zip, truncated file, wrong format...
-        raise EmbeddingReadError(f"the file is not a readable PyTorch file ({_first_line(error)})") from None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:200]
+        raise EmbeddingReadError(f"the file is not a readable PyTorch file ({first_line(error)})") from None
 
 
 def read_pickle_embedding(path: str | os.PathLike) -> Embedding:
@@ -121,7 +117,7 @@ def read_safetensors_embedding(path: str | os.PathLike) -> Embedding:
             metadata = handle.metadata() or {}
             data = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:
-        raise EmbeddingReadError(f"the file is not a readable safetensors file ({_first_line(error)})") from None
+        raise EmbeddingReadError(f"the file is not a readable safetensors file ({first_line(error)})") from None
     embedding = embedding_from_data(data, name=path.stem, filename=str(path))
     # The reference ignores safetensors metadata; we keep what our own writer stored, when it is there.
     if metadata.get("step", "").lstrip("-").isdigit():

@@ -8,7 +8,7 @@ Public API (the format details live in `trainer.embeddings.core`, `trainer.embed
 * `write_image_embedding`, `read_image_embedding`
 * `save_optimizer_state`, `load_optimizer_state`, `optimizer_state_path`
 * `clean_embedding_name`, `create_embedding`
-* `load_embeddings_dir`, `to_api_json`, `EmbeddingDatabase`
+* `load_embeddings_dir`, `to_api_json`
 """
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ def _api_entry(embedding: Embedding | None) -> dict:
         "step": embedding.step,
         "sd_checkpoint": embedding.sd_checkpoint,
         "sd_checkpoint_name": embedding.sd_checkpoint_name,
-        "shape": embedding.shape,
+        "shape": embedding.width,  # the reference API calls the width "shape"
         "vectors": embedding.num_vectors,
     }
 
@@ -244,39 +244,9 @@ def to_api_json(loaded: dict[str, Embedding], skipped: dict[str, tuple[Embedding
     }
 
 
-class EmbeddingDatabase:
-    """The embeddings folder as last loaded for one model width. Call `load` again to pick up changes."""
-
-    def __init__(self, embeddings_dir: str | os.PathLike, expected_width: int | None, tokenizer=None,
-                 clip_l_width: int | None = None):
-        self.embeddings_dir = Path(embeddings_dir)
-        self.expected_width = expected_width
-        self.clip_l_width = clip_l_width
-        self.tokenizer = tokenizer
-        self.loaded: dict[str, Embedding] = {}
-        self.skipped: dict[str, tuple[Embedding | None, str]] = {}
-
-    def load(self) -> "EmbeddingDatabase":
-        """(Re)read the folder; returns self."""
-        self.loaded, self.skipped = load_embeddings_dir(self.embeddings_dir, self.expected_width, self.tokenizer,
-                                                        self.clip_l_width)
-        return self
-
-    def names(self) -> list[str]:
-        """Names of the usable embeddings (for dropdowns)."""
-        return list(self.loaded)
-
-    def get(self, name: str) -> Embedding | None:
-        return self.loaded.get(name)
-
-    def to_api_json(self) -> dict:
-        return to_api_json(self.loaded, self.skipped)
-
-
 __all__ = [
     "EMBEDDING_EXTENSIONS",
     "Embedding",
-    "EmbeddingDatabase",
     "EmbeddingReadError",
     "MAX_VECTORS",
     "atomic_write",

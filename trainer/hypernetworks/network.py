@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,16 +28,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.embeddings.files import load_weights_only, torch_save_compatible
+from trainer.embeddings.files import load_weights_only, optimizer_state_path, torch_save_compatible
 from trainer.embeddings.library import EmbeddingReadError, clean_embedding_name
 from common.errors import UserError
 from common.files import atomic_write
 from trainer.locks import refuse_if_locked
-from trainer.names import check_name_length
+from trainer.names import check_name_length, walk_files
 
 #: The sizes the reference offers in "Modules", and the ones it ticks by default (SD 1.x).
 REFERENCE_SIZES = (768, 1024, 320, 640, 1280)
-REFERENCE_DEFAULT_SIZES = (768, 320, 640, 1280)
 WEIGHT_INITS = ("Normal", "KaimingUniform", "KaimingNormal", "XavierUniform", "XavierNormal")
 DEFAULT_LAYER_STRUCTURE = "1, 2, 1"
 DEFAULT_DROPOUT_STRUCTURE = "0, 0, 0"
@@ -213,11 +211,6 @@ class Hypernetwork(nn.Module):
         })
         return data
 
-    def describe(self) -> str:
-        sizes = ", ".join(str(s) for s in self.sizes)
-        return (f"{self.name}: modules {sizes}; layers {_format_numbers(self.layer_structure)}; "
-                f"activation {self.activation}; step {self.step}")
-
 
 def _cpu_state(module: nn.Module) -> collections.OrderedDict:
     return collections.OrderedDict((k, v.detach().to("cpu").clone()) for k, v in module.state_dict().items())
@@ -352,11 +345,6 @@ def save_hypernetwork(hypernetwork: Hypernetwork, path) -> Path:
     """Write the reference `.pt` layout atomically, in the container the reference's pickle check accepts."""
     data = hypernetwork.to_reference_dict()
     return atomic_write(path, lambda temp: torch_save_compatible(data, temp))
-
-
-def optimizer_state_path(path) -> Path:
-    """Where the reference keeps a hypernetwork's optimizer state: ``<file>.optim`` beside it."""
-    return Path(f"{path}.optim")
 
 
 def save_optimizer_state(path, optimizer_state: dict, optimizer_name: str = "AdamW") -> Path:
@@ -518,12 +506,9 @@ def list_hypernetworks(folder) -> dict[str, Path]:
     found = {}
     if not root.is_dir():
         return found
-    for directory, dirs, files in os.walk(root, followlinks=True):
-        dirs.sort()
-        for file_name in sorted(files):
-            path = Path(directory) / file_name
-            if path.suffix.lower() == EXTENSION and path.stem != "None" and not file_name.startswith("."):
-                found.setdefault(path.stem, path)
+    for path in walk_files(root):
+        if path.suffix.lower() == EXTENSION and path.stem != "None" and not path.name.startswith("."):
+            found.setdefault(path.stem, path)
     return dict(sorted(found.items(), key=lambda item: item[0].lower()))
 
 
@@ -566,7 +551,7 @@ class HypernetworkFolder(Mapping):
 
 __all__ = [
     "ACTIVATIONS", "DEFAULT_DROPOUT_STRUCTURE", "DEFAULT_LAYER_STRUCTURE", "Hypernetwork", "HypernetworkFolder",
-    "HypernetworkMLP", "HypernetworkReadError", "REFERENCE_DEFAULT_SIZES", "REFERENCE_SIZES", "WEIGHT_INITS",
+    "HypernetworkMLP", "HypernetworkReadError", "REFERENCE_SIZES", "WEIGHT_INITS",
     "context_widths", "create_hypernetwork", "default_sizes", "file_short_hash", "hypernetwork_from_data",
     "legacy_dropout_structure", "list_hypernetworks", "load_optimizer_state", "optimizer_state_path",
     "parse_dropout_structure", "parse_layer_structure",

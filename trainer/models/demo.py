@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from common.errors import UserError
+from trainer.models.tokenizers import load_tokenizer
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-TOKENIZER_DIR = ASSETS / "clip_tokenizer"
 DEMO_WEIGHTS = ASSETS / "demo" / "demo.safetensors"
 TEXT_WIDTH = 64
 NATIVE_SIZE = 128  # pixels; the size the demo was trained at
@@ -36,11 +36,6 @@ SCHEDULER_CONFIG = {
     "steps_offset": 1,
     "prediction_type": "epsilon",
 }
-
-
-def load_clip_tokenizer(folder: Path = TOKENIZER_DIR) -> CLIPTokenizer:
-    # transformers 5: build from the folder (vocab_file= silently yields a 3-token vocabulary).
-    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
 
 
 def build_demo_modules(seed: int = 0, scaling_factor: float = 1.0) -> dict:
@@ -86,7 +81,7 @@ def build_demo_components(weights: Path = DEMO_WEIGHTS) -> dict:
         part = {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
         modules[key].load_state_dict(part, strict=True)
     return {
-        "tokenizer": load_clip_tokenizer(),
+        "tokenizer": load_tokenizer(),
         "text_encoder": modules["text_encoder"].eval(),
         "unet": modules["unet"].eval(),
         "vae": modules["vae"].eval(),

@@ -39,12 +39,12 @@ from pathlib import Path
 
 import torch
 
-from common.errors import UserError
+from common.errors import UserError, first_line
 from trainer.models.sd_model import SDModel
+from trainer.models.tokenizers import TOKENIZERS, load_tokenizer
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CONFIGS_DIR = ASSETS / "configs"
-TOKENIZERS = {"clip": ASSETS / "clip_tokenizer", "openclip": ASSETS / "openclip_tokenizer"}
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 DEMO = "demo"
 
@@ -144,7 +144,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             raise UserError(f"Checkpoint '{path.name}' contains Python objects other than weights and was "
                             "not loaded (only weights-only .ckpt files are read, for safety).") from None
-        raise UserError(f"Checkpoint '{path.name}' could not be read ({_first_line(error)}).") from None
+        raise UserError(f"Checkpoint '{path.name}' could not be read ({first_line(error)}).") from None
     while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -155,11 +155,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _is_zip(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(4) == b"PK\x03\x04"
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__).rstrip(".")
 
 
 def normalize_text_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -213,7 +208,7 @@ def sidecar_prediction_type(path: Path) -> str | None:
         parameterization = config.get("model", {}).get("params", {}).get("parameterization", "eps")
     except Exception as error:  # noqa: BLE001
         raise UserError(f"The config '{yaml_path.name}' beside the checkpoint could not be read "
-                        f"({_first_line(error)}).") from None
+                        f"({first_line(error)}).") from None
     return "v_prediction" if str(parameterization).lower() == "v" else "epsilon"
 
 
@@ -296,13 +291,6 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
-
-    # transformers 5: from the folder (vocab_file= silently yields a 3-token vocabulary); always 77 tokens.
-    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77, local_files_only=True)
-
-
 def _weights_variant(folder: Path) -> str | None:
     """"fp16" when a component folder only has fp16-variant weights, else None."""
     if any(folder.glob("*.fp16.*")) and not any(p for p in folder.iterdir() if ".fp16." not in p.name
@@ -334,7 +322,7 @@ def _load_diffusers_folder(folder: Path, name: str) -> dict:
         scheduler_source = _read_json(scheduler_file) if scheduler_file.is_file() else _read_json(
             CONFIGS_DIR / "sd1" / "scheduler" / "scheduler_config.json")
     except Exception as error:  # noqa: BLE001 - missing files, bad configs, mismatched weights
-        raise UserError(f"The diffusers model '{name}' could not be loaded ({_first_line(error)}).") from None
+        raise UserError(f"The diffusers model '{name}' could not be loaded ({first_line(error)}).") from None
     width = parts["text_encoder"].get_input_embeddings().weight.shape[1]
     tokenizer_dir = folder / "tokenizer"
     if not tokenizer_dir.is_dir():
@@ -394,7 +382,7 @@ def _components_from_state(state: dict, config: Path, name: str) -> dict:
             CLIPTextModel, state, subfolder="text_encoder", config=str(config), local_files_only=True)
     except Exception as error:  # noqa: BLE001 - shape mismatches, missing parts: the file does not fit
         raise UserError(f"Checkpoint '{name}' does not match its Stable Diffusion configuration "
-                        f"({_first_line(error)}).") from None
+                        f"({first_line(error)}).") from None
     for key, module in parts.items():
         missing = [n for n, p in module.named_parameters() if p.device.type == "meta"]
         if missing:

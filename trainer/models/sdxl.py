@@ -63,9 +63,6 @@ class SDXLPromptEncoder:
     def count_tokens(self, prompt: str, steps: int = 20) -> tuple[int, int]:
         return self.clip_l.count_tokens(prompt, steps)
 
-    def used_embeddings(self, prompts) -> list[str]:
-        return self.clip_l.used_embeddings(prompts)
-
 
 def prompt_encoder_for(model, embeddings: Mapping[str, torch.Tensor] = {}, clip_skip: int = 1):
     """The prompt encoder the model needs: `SDXLPromptEncoder` on SDXL, `PromptEncoder` otherwise."""

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import torch
 
-from common.errors import UserError
+from common.errors import UserError, first_line
 
 CLIP_L_KEY = "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"
 CLIP_G_KEY = "conditioner.embedders.1.model.token_embedding.weight"
@@ -57,11 +57,6 @@ def check_sdxl_state(state: dict, name: str) -> None:
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__).rstrip(".")
 
 
 def sdxl_folder_kind(folder: Path) -> str | None:
@@ -114,7 +109,7 @@ def _check_unet_config(unet, text_width: int, name: str) -> None:
 def _tokenizers(folder: Path | None) -> dict:
     """Both tokenizers: the folder's own when it has them, else the app's CLIP BPE (pad with the end token) and
     the same BPE padding with "!" (what SDXL's tokenizer_2 is)."""
-    from trainer.models.loading import TOKENIZERS, load_tokenizer
+    from trainer.models.tokenizers import TOKENIZERS, load_tokenizer
 
     parts = {}
     for key, fallback in (("tokenizer", TOKENIZERS["clip"]), ("tokenizer_2", TOKENIZERS["openclip"])):
@@ -152,7 +147,7 @@ def load_sdxl_folder(folder: Path, name: str) -> dict:
         scheduler_source = _read_json(scheduler_file if scheduler_file.is_file()
                                       else SDXL_CONFIG / "scheduler" / "scheduler_config.json")
     except Exception as error:  # noqa: BLE001 - missing files, bad configs, mismatched weights
-        raise UserError(f"The SDXL diffusers model '{name}' could not be loaded ({_first_line(error)}).") from None
+        raise UserError(f"The SDXL diffusers model '{name}' could not be loaded ({first_line(error)}).") from None
     _check_unet_config(parts["unet"], _text_width(parts), name)
     parts.update(_tokenizers(folder))
     parts["scheduler_config"] = training_scheduler_config(scheduler_source)
@@ -202,7 +197,7 @@ def load_sdxl_single_file(state: dict, name: str, config_dir: Path | None) -> di
             convert_open_clip_checkpoint(SimpleNamespace(config=SimpleNamespace(hidden_size=state[CLIP_G_KEY].shape[1])),
                                          state, prefix=CLIP_G_PREFIX))
     except Exception as error:  # noqa: BLE001 - shape mismatches, missing parts: the file does not fit
-        raise UserError(f"Checkpoint '{name}' does not match its SDXL configuration ({_first_line(error)}).") from None
+        raise UserError(f"Checkpoint '{name}' does not match its SDXL configuration ({first_line(error)}).") from None
     for key, module in parts.items():
         missing = [n for n, p in module.named_parameters() if p.device.type == "meta"]
         if missing:

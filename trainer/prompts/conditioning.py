@@ -181,15 +181,6 @@ class PromptEncoder:
             used = sum(len(ids) for ids in self._tokenize([prompt]))
         return used, math.ceil(max(used, 1) / CHUNK_LENGTH) * CHUNK_LENGTH
 
-    def used_embeddings(self, prompts: str | list[str]) -> list[str]:
-        """Names of the embeddings the prompt(s) use, in order of first use."""
-        prompts = [prompts] if isinstance(prompts, str) else prompts
-        names = {}
-        for prompt in prompts:
-            for chunk in self._chunks(prompt)[0]:
-                names.update((name, None) for _offset, name in chunk.fixes)
-        return list(names)
-
     def __call__(self, prompts: list[str]) -> torch.Tensor:
         """Encode ``prompts`` into ``[len(prompts), 77 * chunks, width]``; shorter prompts get empty chunks."""
         return self.encode(prompts)[0]
