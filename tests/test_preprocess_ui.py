@@ -84,9 +84,12 @@ def test_review_handlers_page_through_a_large_folder_and_save(tmp_path, private_
 
 def launch_page(ws):
     """The tab next to a stand-in output column, with a timer-driven render like the app's."""
-    from webui import job_view, output_column
+    from types import SimpleNamespace
+
+    from webui import job_view, model_bar, output_column
 
     with gr.Blocks() as demo:
+        bar = model_bar.build(ws)
         with gr.Row():
             with gr.Column():
                 c = tab.build()
@@ -102,7 +105,9 @@ def launch_page(ws):
                     gr.Timer(active=running))
 
         timer.tick(render, None, [out.output, out.error, out.progress, timer])
-        tab.wire(ws, c, out, timer)
+        shared = SimpleNamespace(out=out, job_timer=timer, load=demo.load, loaded_model=bar.loaded,
+                                 model_switched=model_bar.wire(ws, bar, demo.load))
+        tab.wire(ws, c, shared)
     demo.launch(prevent_thread_lock=True, quiet=True)
     return demo
 

@@ -40,34 +40,41 @@ def build(size: int = 512) -> SimpleNamespace:
                                    choices=list(CAPTION_ACTIONS),
                                    elem_id="train_preprocess_txt_action")
     with gr.Row():
-        c.keep_original_size = gr.Checkbox(label="Keep original size", value=defaults.keep_original_size, elem_id="train_process_keep_original_size")
+        c.keep_original_size = gr.Checkbox(label="Keep original size", value=defaults.keep_original_size,
+                                           elem_id="train_process_keep_original_size")
         c.flip = gr.Checkbox(label="Create flipped copies", value=defaults.flip, elem_id="train_process_flip")
-        c.split = gr.Checkbox(label="Split oversized images", value=defaults.split, elem_id="train_process_split")
-        c.focal_crop = gr.Checkbox(label="Auto focal point crop", value=defaults.focal_crop, elem_id="train_process_focal_crop")
-        c.autosize = gr.Checkbox(label="Auto-sized crop", value=defaults.autosize, elem_id="train_process_multicrop")
-        c.overwrite = gr.Checkbox(label="Overwrite earlier outputs", value=defaults.overwrite, elem_id="train_process_overwrite",
+        c.split = gr.Checkbox(label="Split oversized images", value=defaults.split,
+                              elem_id="train_process_split")
+        c.focal_crop = gr.Checkbox(label="Auto focal point crop", value=defaults.focal_crop,
+                                   elem_id="train_process_focal_crop")
+        c.autosize = gr.Checkbox(label="Auto-sized crop", value=defaults.autosize,
+                                 elem_id="train_process_multicrop")
+        c.overwrite = gr.Checkbox(label="Overwrite earlier outputs", value=defaults.overwrite,
+                                  elem_id="train_process_overwrite",
                                   info="Off: numbering continues after the files already in the destination")
-        c.blip = gr.Checkbox(label="Use BLIP for caption", value=bool(defaults.caption), elem_id="train_process_caption")
-    with gr.Row(visible=False) as c.split_row:
-        c.split_threshold = gr.Slider(label="Split image threshold", value=defaults.split_threshold, minimum=0.0, maximum=1.0, step=0.05,
-                                      elem_id="train_process_split_threshold")
-        c.overlap_ratio = gr.Slider(label="Split image overlap ratio", value=defaults.overlap_ratio, minimum=0.0, maximum=0.9,
-                                    step=0.05, elem_id="train_process_overlap_ratio")
-    with gr.Row(visible=False) as c.focal_row:
-        c.face_weight = gr.Slider(label="Focal point face weight", value=defaults.face_weight, minimum=0.0, maximum=1.0, step=0.05,
-                                  elem_id="train_process_focal_crop_face_weight")
-        c.entropy_weight = gr.Slider(label="Focal point entropy weight", value=defaults.entropy_weight, minimum=0.0, maximum=1.0,
-                                     step=0.05, elem_id="train_process_focal_crop_entropy_weight")
-        c.edges_weight = gr.Slider(label="Focal point edges weight", value=defaults.edges_weight, minimum=0.0, maximum=1.0, step=0.05,
-                                   elem_id="train_process_focal_crop_edges_weight")
-        c.focal_debug = gr.Checkbox(label="Create debug image", value=defaults.focal_debug, elem_id="train_process_focal_crop_debug")
-    with gr.Column(visible=False) as c.autosize_col:
+        c.blip = gr.Checkbox(label="Use BLIP for caption", value=bool(defaults.caption),
+                             elem_id="train_process_caption")
+    with gr.Row(visible=defaults.split) as c.split_row:
+        c.split_threshold = gr.Slider(label="Split image threshold", value=defaults.split_threshold, minimum=0.0,
+                                      maximum=1.0, step=0.05, elem_id="train_process_split_threshold")
+        c.overlap_ratio = gr.Slider(label="Split image overlap ratio", value=defaults.overlap_ratio, minimum=0.0,
+                                    maximum=0.9, step=0.05, elem_id="train_process_overlap_ratio")
+    with gr.Row(visible=defaults.focal_crop) as c.focal_row:
+        c.face_weight = gr.Slider(label="Focal point face weight", value=defaults.face_weight, minimum=0.0,
+                                  maximum=1.0, step=0.05, elem_id="train_process_focal_crop_face_weight")
+        c.entropy_weight = gr.Slider(label="Focal point entropy weight", value=defaults.entropy_weight, minimum=0.0,
+                                     maximum=1.0, step=0.05, elem_id="train_process_focal_crop_entropy_weight")
+        c.edges_weight = gr.Slider(label="Focal point edges weight", value=defaults.edges_weight, minimum=0.0,
+                                   maximum=1.0, step=0.05, elem_id="train_process_focal_crop_edges_weight")
+        c.focal_debug = gr.Checkbox(label="Create debug image", value=defaults.focal_debug,
+                                    elem_id="train_process_focal_crop_debug")
+    with gr.Column(visible=defaults.autosize) as c.autosize_col:
         gr.Markdown("Each image is center-cropped with an automatically chosen width and height.")
         with gr.Row():
-            c.min_dim = gr.Slider(minimum=64, maximum=2048, step=8, label="Dimension lower bound", value=defaults.min_dim,
-                                  elem_id="train_process_multicrop_mindim")
-            c.max_dim = gr.Slider(minimum=64, maximum=2048, step=8, label="Dimension upper bound", value=defaults.max_dim,
-                                  elem_id="train_process_multicrop_maxdim")
+            c.min_dim = gr.Slider(minimum=64, maximum=2048, step=8, label="Dimension lower bound",
+                                  value=defaults.min_dim, elem_id="train_process_multicrop_mindim")
+            c.max_dim = gr.Slider(minimum=64, maximum=2048, step=8, label="Dimension upper bound",
+                                  value=defaults.max_dim, elem_id="train_process_multicrop_maxdim")
         with gr.Row():
             c.min_area = gr.Slider(minimum=64 * 64, maximum=2048 * 2048, step=1, label="Area lower bound",
                                    value=defaults.min_area, elem_id="train_process_multicrop_minarea")
@@ -76,9 +83,9 @@ def build(size: int = 512) -> SimpleNamespace:
         with gr.Row():
             c.objective = gr.Radio(list(OBJECTIVES), value=defaults.objective, label="Resizing objective",
                                    elem_id="train_process_multicrop_objective")
-            c.error_threshold = gr.Slider(minimum=0, maximum=1, step=0.01, label="Error threshold", value=defaults.error_threshold,
-                                          elem_id="train_process_multicrop_threshold")
-    with gr.Row(visible=False) as c.blip_row:
+            c.error_threshold = gr.Slider(minimum=0, maximum=1, step=0.01, label="Error threshold",
+                                          value=defaults.error_threshold, elem_id="train_process_multicrop_threshold")
+    with gr.Row(visible=bool(defaults.caption)) as c.blip_row:
         c.blip_model = gr.Textbox(label="BLIP model folder", value=str(DEFAULT_BLIP_DIR), scale=3,
                                   elem_id="train_process_blip_model")
         c.beams = gr.Number(label="Number of beams", value=defaults.beams, precision=0, minimum=1,

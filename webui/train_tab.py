@@ -29,8 +29,8 @@ def build(ws) -> SimpleNamespace:
     defaults = TrainConfig(name="", dataset="")
     c = SimpleNamespace()
     with gr.Row():
-        c.embedding = gr.Dropdown(label="Embedding", choices=sorted(ws.embeddings()[0]), value=None, elem_id="train_embedding",
-                                  scale=4)
+        c.embedding = gr.Dropdown(label="Embedding", choices=sorted(ws.embeddings()[0]), value=None,
+                                  elem_id="train_embedding", scale=4)
         c.refresh_embeddings = gr.Button("↻", elem_id="train_embedding_refresh", scale=0, min_width=40)
         c.hypernetwork = gr.Dropdown(label="Hypernetwork", choices=ws.hypernetworks(), value=None,
                                      elem_id="train_hypernetwork", scale=4)
@@ -45,11 +45,12 @@ def build(ws) -> SimpleNamespace:
     with gr.Row():
         c.clip_grad_mode = gr.Dropdown(label="Gradient Clipping", choices=["disabled", "value", "norm"],
                                        value=defaults.clip_grad_mode, elem_id="train_clip_grad_mode")
-        c.clip_grad_value = gr.Textbox(placeholder="Gradient clip value", value=defaults.clip_grad_value, show_label=False,
-                                       elem_id="train_clip_grad_value",
+        c.clip_grad_value = gr.Textbox(placeholder="Gradient clip value", value=defaults.clip_grad_value,
+                                       show_label=False, elem_id="train_clip_grad_value",
                                        info="The largest gradient value (or norm) kept; a schedule like the rate's.")
     with gr.Row():
-        c.batch_size = gr.Number(label="Batch size", value=defaults.batch_size, precision=0, elem_id="train_batch_size")
+        c.batch_size = gr.Number(label="Batch size", value=defaults.batch_size, precision=0,
+                                 elem_id="train_batch_size")
         c.grad_accum = gr.Number(label="Gradient accumulation steps", value=defaults.grad_accum, precision=0,
                                  elem_id="train_gradient_step",
                                  info="Batches added up into each training step: trains like batch size × this, "
@@ -72,50 +73,46 @@ def build(ws) -> SimpleNamespace:
     c.steps = gr.Number(label="Max steps", value=defaults.steps, precision=0, elem_id="train_steps")
     with gr.Row():
         c.preview_every = gr.Number(label="Save an image to log directory every N steps, 0 to disable",
-                                    value=defaults.preview_every,
-                                    precision=0, elem_id="train_create_image_every")
+                                    value=defaults.preview_every, precision=0, elem_id="train_create_image_every")
         c.save_every = gr.Number(label="Save a copy of embedding to log directory every N steps, 0 to disable",
                                  value=defaults.save_every, precision=0, elem_id="train_save_embedding_every")
-    c.alpha_weight = gr.Checkbox(label="Use PNG alpha channel as loss weight", value=defaults.alpha_weight, elem_id="use_weight")
+    c.alpha_weight = gr.Checkbox(label="Use PNG alpha channel as loss weight", value=defaults.alpha_weight,
+                                 elem_id="use_weight")
     c.png_embedding = gr.Checkbox(label="Save images with embedding in PNG chunks",
-                                  value=defaults.png_embedding,
-                                  elem_id="train_save_image_with_stored_embedding")
+                                  value=defaults.png_embedding, elem_id="train_save_image_with_stored_embedding")
     c.use_txt2img = gr.Checkbox(label="Read parameters (prompt, etc...) from txt2img tab when making previews",
                                 value=defaults.preview is not None, elem_id="train_preview_from_txt2img")
     c.shuffle_tags = gr.Checkbox(label="Shuffle tags by ',' when creating prompts.",
-                                 value=defaults.shuffle_tags,
-                                 elem_id="train_shuffle_tags")
+                                 value=defaults.shuffle_tags, elem_id="train_shuffle_tags")
     c.tag_dropout = gr.Slider(minimum=0, maximum=1, step=0.1, label="Drop out tags when creating prompts.",
-                              value=defaults.tag_dropout,
-                              elem_id="train_tag_drop_out")
-    c.latent_sampling = gr.Radio(label="Choose latent sampling method", value=defaults.latent_sampling, choices=list(LATENT_SAMPLING),
-                                 elem_id="train_latent_sampling_method",
+                              value=defaults.tag_dropout, elem_id="train_tag_drop_out")
+    c.latent_sampling = gr.Radio(label="Choose latent sampling method", value=defaults.latent_sampling,
+                                 choices=list(LATENT_SAMPLING), elem_id="train_latent_sampling_method",
                                  info="How each image is turned into latents once, before training: once = one "
                                       "random sample, kept; deterministic = the average (no noise); random = a new "
                                       "sample at every use (more variety).")
     with gr.Accordion("Speed and memory", open=False, elem_id="train_speed_memory"):
         with gr.Row():
             c.mixed_precision = gr.Dropdown(label="Mixed precision", choices=list(MIXED_PRECISION_CHOICES),
-                                            value=defaults.mixed_precision,
-                                            elem_id="train_mixed_precision")
+                                            value=defaults.mixed_precision, elem_id="train_mixed_precision")
             c.gradient_checkpointing = gr.Checkbox(
                 label="Gradient checkpointing (less GPU memory, slower steps; embeddings only)",
-                value=defaults.gradient_checkpointing,
-                elem_id="train_gradient_checkpointing")
+                value=defaults.gradient_checkpointing, elem_id="train_gradient_checkpointing")
         c.latent_cache_dir = gr.Textbox(
             label="Latent cache directory (encoded images kept between runs; delete it to clear)",
-            placeholder="<log directory>/latent_cache", value=defaults.latent_cache_dir, elem_id="train_latent_cache_dir")
+            placeholder="<log directory>/latent_cache", value=defaults.latent_cache_dir,
+            elem_id="train_latent_cache_dir")
     with gr.Row():
         c.validate_every = gr.Number(label="Validate every N steps", value=defaults.validate_every, precision=0,
                                      minimum=0, elem_id="train_validate_every",
                                      info="loss of the current vectors on a fixed set of images, noise and "
                                           "timesteps; the best step is kept as <name>-best.pt; 0 to disable")
         c.early_stop = gr.Number(label="Stop when validation has not improved for K checks",
-                                 value=defaults.early_stop, precision=0,
-                                 minimum=0, elem_id="train_early_stop", info="0 to disable")
+                                 value=defaults.early_stop, precision=0, minimum=0, elem_id="train_early_stop",
+                                 info="0 to disable")
         c.validation_split = gr.Number(label="Share of images held out for validation",
-                                       value=defaults.validation_split, minimum=0,
-                                       maximum=0.9, step=0.05, elem_id="train_validation_split",
+                                       value=defaults.validation_split, minimum=0, maximum=0.9, step=0.05,
+                                       elem_id="train_validation_split",
                                        info="0: validate on the training images")
     with gr.Row():
         c.settings_file = gr.Dropdown(label="Training settings to load", choices=[], allow_custom_value=True,
@@ -188,7 +185,8 @@ def start_training(ws, c, shared, txt2img_fields: dict, kind: str, values: dict)
         cfg = config_from_form(fields, preview)
         job = ws.start_training(cfg) if kind == "embedding" else ws.start_hypernetwork_training(cfg)
     except UserError as e:  # a new action: the previous result goes, this sentence is the one message
-        return {shared.out.output: "", shared.out.error: str(e), shared.job_timer: gr.Timer(active=ws.job_running())}
+        return {shared.out.output: "", shared.out.error: str(e),
+                shared.job_timer: gr.Timer(active=ws.job_running())}
     return {shared.out.output: f"{job.title}...", shared.out.error: "", shared.job_timer: gr.Timer(active=True)}
 
 
