@@ -108,7 +108,7 @@ def test_train_load_its_settings_back_and_the_job_view_draws_it(page):
     assert drawn[out.error] == "" and drawn[view.timer].active is False
     again = output_column.render(ws, view, drawn[view.seen])
     assert set(again) == {view.timer, view.seen} and again[view.timer].active is False  # nothing new is sent
-    assert output_column.watch_jobs(ws, view, drawn[view.seen]) == {}
+    assert output_column.watch_jobs(ws, view, drawn[view.seen]) == gr.skip()
 
     [settings] = train_tab.settings_files(ws.folders.resolve("textual_inversion"))
     assert train_tab.settings_choices(ws, "textual_inversion").choices == [(settings, settings)]
@@ -146,8 +146,8 @@ def test_a_refused_checkpoint_keeps_the_model_and_the_sizes(page, tmp_path):
     shown = model_bar.switch_checkpoint(page.ws, bar, "broken.ckpt", progress=lambda *a, **k: None)
     assert shown[bar.checkpoint].value == "demo" and shown[bar.loaded] is None
     assert shown[bar.status].startswith("**Error:**") and shown[bar.status].endswith("demo stays loaded.")
-    assert train_tab.follow_model(page.ws, page.tr, None) == {}  # the Train form keeps its sizes
-    assert txt2img_tab.follow_model(page.ws, page.t2i, None) == {}
+    assert train_tab.follow_model(page.ws, page.tr, None) == gr.skip()  # the Train form keeps its sizes
+    assert txt2img_tab.follow_model(page.ws, page.t2i, None) == gr.skip()
     switched = train_tab.follow_model(page.ws, page.tr, "demo")
     assert (switched[page.tr.width], switched[page.tr.height]) == (128, 128)
     assert "**demo**" in model_bar.show_loaded(page.ws, bar)[bar.status]

@@ -96,7 +96,7 @@ def watch_jobs(ws, view, seen_before) -> dict:
     timer; otherwise change nothing."""
     job = ws.current_job()
     if job is None or (seen_before and seen_before["id"] == job.id):
-        return {}
+        return gr.skip()  # nothing changes
     return render(ws, view, seen_before)
 
 

@@ -182,7 +182,7 @@ def show_options(ticked: bool):
 def follow_model(ws, c, loaded) -> dict:
     """After a checkpoint switch: Width and Height move to the new model's native size."""
     if not loaded:
-        return {}
+        return gr.skip()  # nothing changes
     return {c.width: ws.model.native_size, c.height: ws.model.native_size}
 
 
@@ -207,7 +207,7 @@ def review_finished_job(ws, c, seen_job) -> dict:
     job = ws.current_job()
     result = getattr(getattr(job, "result", None), "result", None)
     if job is None or job.kind != "preprocess" or job.running or job.id == seen_job or result is None:
-        return {}
+        return gr.skip()  # nothing changes
     folder = str(result.destination)
     view = [c.review_state, c.review_gallery, c.review_status, c.review_image, c.review_name, c.review_caption]
     return {c.review_job: job.id, c.review_folder: folder, c.review: gr.Accordion(open=True),

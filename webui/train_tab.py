@@ -252,7 +252,7 @@ def show_preview_prompt(ws, prompt, steps, follow_txt2img):
 def follow_model(ws, c, loaded) -> dict:
     """After a checkpoint switch: the new model's embeddings, and its native size for Width and Height."""
     if not loaded:
-        return {}
+        return gr.skip()  # nothing changes
     size = native_size(ws)
     return {c.embedding: embedding_choices(ws), c.width: size, c.height: size}
 

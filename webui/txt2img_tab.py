@@ -96,7 +96,7 @@ def random_seed() -> int:
 def follow_model(ws, c, loaded) -> dict:
     """After a checkpoint switch: Width and Height move to the new model's native size."""
     if not loaded:
-        return {}
+        return gr.skip()  # nothing changes
     return {c.width: ws.model.native_size, c.height: ws.model.native_size}
 
 
