@@ -187,19 +187,28 @@ def follow_model(ws, c, loaded) -> dict:
 
 
 def wire_review(ws, c: SimpleNamespace, out: SimpleNamespace) -> None:
-    view = [c.review_state, c.review_gallery, c.review_status, c.review_image, c.review_name, c.review_caption]
+    view = review_outputs(c)
+    editing = [c.review_state, c.review_caption]
     c.dst.change(lambda folder: folder, c.dst, c.review_folder, queue=False, show_progress="hidden")
     for trigger in (c.review_load.click, c.review_folder.submit):
-        trigger(load_folder, c.review_folder, view)
-    c.review_prev_page.click(lambda s: show_page(s, -1), c.review_state, view, show_progress="hidden")
-    c.review_next_page.click(lambda s: show_page(s, +1), c.review_state, view, show_progress="hidden")
-    editing = [c.review_state, c.review_caption]
-    c.review_gallery.select(select_image, editing, view, show_progress="hidden")
-    c.review_prev.click(lambda s, text: step_image(s, -1, text), editing, view, show_progress="hidden")
-    c.review_next.click(lambda s, text: step_image(s, +1, text), editing, view, show_progress="hidden")
-    c.review_save.click(save_current, editing, view, show_progress="hidden")
+        trigger(partial(load_folder, c), c.review_folder, view)
+    c.review_prev_page.click(partial(show_page, c, delta=-1), c.review_state, view, show_progress="hidden")
+    c.review_next_page.click(partial(show_page, c, delta=+1), c.review_state, view, show_progress="hidden")
+
+    def on_select(state, text, evt: gr.SelectData):  # (Gradio finds the event's data by this annotation)
+        return select_image(c, state, text, evt.index)
+
+    c.review_gallery.select(on_select, editing, view, show_progress="hidden")
+    c.review_prev.click(partial(step_image, c, delta=-1), editing, view, show_progress="hidden")
+    c.review_next.click(partial(step_image, c, delta=+1), editing, view, show_progress="hidden")
+    c.review_save.click(partial(save_current, c), editing, view, show_progress="hidden")
     out.output.change(partial(review_finished_job, ws, c), c.review_job,
                       [c.review_job, c.review_folder, c.review] + view, show_progress="hidden")
+
+
+def review_outputs(c) -> list:
+    """What the review handlers write: the review state, thumbnails, status line, image, its name and caption."""
+    return [c.review_state, c.review_gallery, c.review_status, c.review_image, c.review_name, c.review_caption]
 
 
 def review_finished_job(ws, c, seen_job) -> dict:
@@ -209,58 +218,59 @@ def review_finished_job(ws, c, seen_job) -> dict:
     if job is None or job.kind != "preprocess" or job.running or job.id == seen_job or result is None:
         return gr.skip()  # nothing changes
     folder = str(result.destination)
-    view = [c.review_state, c.review_gallery, c.review_status, c.review_image, c.review_name, c.review_caption]
     return {c.review_job: job.id, c.review_folder: folder, c.review: gr.Accordion(open=True),
-            **dict(zip(view, load_folder(folder)))}
+            **load_folder(c, folder)}
 
 
-# --- review handlers: each returns (state, gallery, status, image, name, caption) ---------------------------
-def load_folder(folder):
+# --- review handlers: each returns what changes among review_outputs(c) -----------------------------------------
+def load_folder(c, folder) -> dict:
     try:
         names = [path.name for path in list_images(folder)]
     except UserError as e:
-        return None, [], f"**Error:** {e}", None, "Select an image above.", ""
+        return {c.review_state: None, c.review_gallery: [], c.review_status: f"**Error:** {e}", c.review_image: None,
+                c.review_name: "Select an image above.", c.review_caption: ""}
     state = {"folder": str(Path(folder).expanduser().resolve()), "names": names, "page": 0,
              "index": 0 if names else None}
-    return _view(state, "" if names else "No images in this folder.")
+    return _view(c, state, "" if names else "No images in this folder.")
 
 
-def show_page(state, delta: int):
+def show_page(c, state, delta: int) -> dict:
     if not state:
-        return _no_folder()
+        return _no_folder(c)
     page = min(max(state["page"] + delta, 0), _page_count(state) - 1)
     if page == state["page"]:
-        return (gr.skip(),) * 6
+        return gr.skip()  # nothing changes
     index = page * PAGE_SIZE if state["names"] else None  # the page's first image is selected
-    return _view({**state, "page": page, "index": index})
+    return _view(c, {**state, "page": page, "index": index})
 
 
-def select_image(state, text, evt: gr.SelectData):
+def select_image(c, state, text, clicked: int) -> dict:
+    """The thumbnail at `clicked` (on the current page) chosen in the gallery."""
     if not state or not state["names"]:
-        return _no_folder()
-    index = min(state["page"] * PAGE_SIZE + evt.index, len(state["names"]) - 1)
-    return _view({**state, "index": index}, _unsaved(state, text), gallery=False)
+        return _no_folder(c)
+    index = min(state["page"] * PAGE_SIZE + clicked, len(state["names"]) - 1)
+    return _view(c, {**state, "index": index}, _unsaved(state, text), gallery=False)
 
 
-def step_image(state, delta: int, text: str | None = None):
+def step_image(c, state, text: str | None = None, delta: int = +1) -> dict:
     if not state or not state["names"]:
-        return _no_folder()
+        return _no_folder(c)
     index = 0 if state["index"] is None else min(max(state["index"] + delta, 0), len(state["names"]) - 1)
     page = index // PAGE_SIZE
-    return _view({**state, "index": index, "page": page}, _unsaved(state, text), gallery=page != state["page"])
+    return _view(c, {**state, "index": index, "page": page}, _unsaved(state, text), gallery=page != state["page"])
 
 
-def save_current(state, caption):
+def save_current(c, state, caption) -> dict:
     if not state or state["index"] is None:
-        return (*[gr.skip()] * 2, "Select an image first.", *[gr.skip()] * 3)
+        return {c.review_status: "Select an image first."}
     try:
         saved = save_caption(Path(state["folder"]) / state["names"][state["index"]], caption)
     except UserError as e:
-        return (*[gr.skip()] * 2, f"**Error:** {e}", *[gr.skip()] * 3)
-    return _view(state, f"Saved {saved.name}.", image=False)
+        return {c.review_status: f"**Error:** {e}"}
+    return _view(c, state, f"Saved {saved.name}.", image=False)
 
 
-def _view(state: dict, message: str = "", gallery: bool = True, image: bool = True):
+def _view(c, state: dict, message: str = "", gallery: bool = True, image: bool = True) -> dict:
     """Outputs for `state`: the current page of thumbnails, a status line and the selected image."""
     folder, names, page, index = Path(state["folder"]), state["names"], state["page"], state["index"]
     status = f"{len(names)} images in {folder}, page {page + 1} of {_page_count(state)}."
@@ -272,13 +282,16 @@ def _view(state: dict, message: str = "", gallery: bool = True, image: bool = Tr
         items = gr.update(value=items, selected_index=on_page)
     else:
         items = gr.update(selected_index=on_page)  # moves the highlight only
+    shown = {c.review_state: state, c.review_gallery: items, c.review_status: status}
     if index is None:
-        return state, items, status, None, "Select an image above.", ""
+        return {**shown, c.review_image: None, c.review_name: "Select an image above.", c.review_caption: ""}
     path = folder / names[index]
-    shown = str(thumbnail(path, VIEW_SIZE)) if image else gr.skip()
+    if image:
+        shown[c.review_image] = str(thumbnail(path, VIEW_SIZE))
     caption = caption_of(path)
     note = "" if caption.has_caption_file else " (no caption file yet)"
-    return state, items, status, shown, f"**{path.name}**, {index + 1} of {len(names)}{note}", caption.caption
+    return {**shown, c.review_name: f"**{path.name}**, {index + 1} of {len(names)}{note}",
+            c.review_caption: caption.caption}
 
 
 def _unsaved(state: dict, text) -> str:
@@ -300,5 +313,5 @@ def _page_count(state: dict) -> int:
     return max(1, -(-len(state["names"]) // PAGE_SIZE))
 
 
-def _no_folder():
-    return (None, gr.skip(), "Load a folder first.", *[gr.skip()] * 3)
+def _no_folder(c) -> dict:
+    return {c.review_state: None, c.review_status: "Load a folder first."}
