@@ -13,6 +13,7 @@ from common.errors import UserError
 
 
 def build(ws) -> SimpleNamespace:
+    ws.model  # loaded first (the demo model unless one was given): the picker shows it
     c = SimpleNamespace()
     with gr.Row():
         c.checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=ws.checkpoints(),
