@@ -51,42 +51,57 @@ def test_review_handlers_page_through_a_large_folder_and_save(tmp_path, private_
     for i in range(tab.PAGE_SIZE + 2):
         Image.new("RGB", (40, 30), (i * 4, 90, 160)).save(folder / f"img{i:03}.png")
         (folder / f"img{i:03}.txt").write_text(f"caption {i}")
+    with gr.Blocks():
+        c = tab.build()
 
-    state, gallery, status, image, name, caption = tab.load_folder(str(folder))
+    def shown(update):
+        """(state, gallery, status, image, caption) as the page would show them."""
+        return (update[c.review_state], update.get(c.review_gallery), update[c.review_status],
+                update.get(c.review_image), update[c.review_caption])
+
+    state, gallery, status, image, caption = shown(tab.load_folder(c, str(folder)))
     assert len(gallery["value"]) == tab.PAGE_SIZE and "page 1 of 2" in status
     assert (state["index"], gallery["selected_index"], caption) == (0, 0, "caption 0")  # the first is selected
 
-    state, gallery, status, image, name, caption = tab.show_page(state, +1)
+    state, gallery, status, image, caption = shown(tab.show_page(c, state, +1))
     assert len(gallery["value"]) == 2 and (state["page"], state["index"], caption) == (1, 48, "caption 48")
-    assert tab.show_page(state, +1) == (gr.skip(),) * 6  # no page after the last: nothing changes
-    assert [c for _, c in gallery["value"]] == ["caption 48", "caption 49"]
+    assert tab.show_page(c, state, +1) == gr.skip()  # no page after the last: nothing changes
+    assert [label for _, label in gallery["value"]] == ["caption 48", "caption 49"]
 
     state = {**state, "page": 0, "index": tab.PAGE_SIZE - 1}
-    state, gallery, status, image, name, caption = tab.step_image(state, +1)  # crosses to the next page
+    state, gallery, status, image, caption = shown(tab.step_image(c, state, delta=+1))  # crosses to the next page
     assert (state["index"], state["page"], caption) == (tab.PAGE_SIZE, 1, "caption 48")
     assert gallery["selected_index"] == 0 and len(gallery["value"]) == 2
-    with Image.open(image) as shown:
-        assert shown.size == (40, 30)  # small images are shown as they are
+    with Image.open(image) as picture:
+        assert picture.size == (40, 30)  # small images are shown as they are
 
-    warned = tab.step_image(state, +1, "caption 48 edited")  # moving on with unsaved edits says so
-    assert warned[2].startswith("The edited caption of img048.png was not saved.") and warned[5] == "caption 49"
-    assert not tab.step_image(state, +1, "caption 48")[2].startswith("The edited")
+    warned = tab.step_image(c, state, "caption 48 edited", delta=+1)  # moving on with unsaved edits says so
+    assert warned[c.review_status].startswith("The edited caption of img048.png was not saved.")
+    assert warned[c.review_caption] == "caption 49"
+    assert not tab.step_image(c, state, "caption 48", delta=+1)[c.review_status].startswith("The edited")
+    picked = tab.select_image(c, state, "caption 48", 1)  # the second thumbnail of the page
+    assert picked[c.review_caption] == "caption 49" and picked[c.review_gallery]["selected_index"] == 1
 
-    state, gallery, status, *_ = tab.save_current(state, "  a new caption ")
-    assert (folder / "img048.txt").read_text() == "a new caption" and status.startswith("Saved img048.txt.")
-    assert gallery["value"][0][1] == "a new caption"
+    saved = tab.save_current(c, state, "  a new caption ")
+    assert (folder / "img048.txt").read_text() == "a new caption"
+    assert saved[c.review_status].startswith("Saved img048.txt.") and c.review_image not in saved
+    assert saved[c.review_gallery]["value"][0][1] == "a new caption"
 
-    assert tab.load_folder(str(tmp_path / "missing"))[2].startswith("**Error:** The folder")
-    assert tab.save_current(None, "x")[2] == "Select an image first."
+    assert tab.load_folder(c, str(tmp_path / "missing"))[c.review_status].startswith("**Error:** The folder")
+    assert tab.save_current(c, None, "x") == {c.review_status: "Select an image first."}
+    assert tab.show_page(c, None, +1) == {c.review_state: None, c.review_status: "Load a folder first."}
     (folder / "img048.png").unlink()
-    assert "no longer in" in tab.save_current(state, "x")[2]
+    assert "no longer in" in tab.save_current(c, state, "x")[c.review_status]
 
 
 def launch_page(ws):
     """The tab next to a stand-in output column, with a timer-driven render like the app's."""
-    from webui import job_view, output_column
+    from types import SimpleNamespace
+
+    from webui import job_view, model_bar, output_column
 
     with gr.Blocks() as demo:
+        bar = model_bar.build(ws)
         with gr.Row():
             with gr.Column():
                 c = tab.build()
@@ -102,7 +117,9 @@ def launch_page(ws):
                     gr.Timer(active=running))
 
         timer.tick(render, None, [out.output, out.error, out.progress, timer])
-        tab.wire(ws, c, out, timer)
+        shared = SimpleNamespace(out=out, job_timer=timer, load=demo.load, loaded_model=bar.loaded,
+                                 model_switched=model_bar.wire(ws, bar, demo.load))
+        tab.wire(ws, c, shared)
     demo.launch(prevent_thread_lock=True, quiet=True)
     return demo
 

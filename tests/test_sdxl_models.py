@@ -57,7 +57,7 @@ def test_sdxl_single_file_is_recognised_without_a_config(sdxl_files):
 
 
 def test_caption_says_sdxl(sdxl_model):
-    from webui.app import model_caption
+    from webui.model_bar import model_caption
 
     caption = model_caption(Workspace(model=sdxl_model))
     assert "**xl**" in caption and "SDXL" in caption and "text width 80" in caption

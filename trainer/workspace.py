@@ -59,6 +59,11 @@ class Workspace:
     def model_name(self) -> str:
         return self._model.name if self._model is not None else ""
 
+    @property
+    def loaded_model(self):
+        """The loaded model, or None before the first one is loaded (unlike `model`, this never loads one)."""
+        return self._model
+
     def checkpoints(self) -> list:
         return list_checkpoints(self.folders.ckpt_dir)
 
@@ -122,6 +127,18 @@ class Workspace:
         return sorted(p.name for p in folder.iterdir() if p.suffix == ".txt")
 
     # --- jobs -----------------------------------------------------------------------------------------------
+    def current_job(self):
+        """The running job, or the last one that ran (None before the first)."""
+        return self.runner.current
+
+    def job_running(self) -> bool:
+        job = self.runner.current
+        return job is not None and job.running
+
+    def interrupt_job(self) -> bool:
+        """Ask the running job to stop after its current step; False when nothing is running."""
+        return self.runner.interrupt()
+
     def start_training(self, cfg):
         """Start training an embedding in the background job; refused (UserError) while another job runs."""
         from trainer.training.textual_inversion import train_embedding

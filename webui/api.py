@@ -253,12 +253,12 @@ class Api:
         sizes = req.enable_sizes if req.enable_sizes is not None else default_sizes(self.ws.model)
 
         def create(job):
-            message = create_hypernetwork_tab.create(
+            path = create_hypernetwork_tab.create(
                 self.ws, req.name, sizes, req.layer_structure or DEFAULT_LAYER_STRUCTURE,
                 req.activation_func or "linear", req.weight_init or "Normal", req.add_layer_norm, req.use_dropout,
                 req.dropout_structure if req.dropout_structure is not None else DEFAULT_DROPOUT_STRUCTURE,
                 req.overwrite_old)
-            return Outcome("finished", message, message.split(": ", 1)[1])
+            return Outcome("finished", f"Created: {path}", str(path))
 
         job = self._run_job("create-hypernetwork", f"Creating hypernetwork {req.name}", create)
         return {"info": f"create hypernetwork filename: {job.result.path}"}

@@ -1,8 +1,17 @@
-"""Train > Create embedding: name, initialization text, vectors per token, overwrite."""
+"""Train > Create embedding: name, initialization text, vectors per token, overwrite.
+
+The name of the embedding created last goes into `c.created` (None when creating failed): the Train subtab's
+Embedding list follows it (connected by app.py).
+"""
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
+
+from common.errors import UserError
+
+from .hints import page_message
 
 
 def build() -> SimpleNamespace:
@@ -19,8 +28,25 @@ def build() -> SimpleNamespace:
                                value="pt", elem_id="train_embedding_file_format",
                                info="SDXL models: always .safetensors with clip_l and clip_g")
         button = gr.Button("Create embedding", variant="primary", elem_id="train_create_embedding")
+    created = gr.State(None)
     return SimpleNamespace(name=name, init_text=init_text, vectors=vectors, overwrite=overwrite,
-                           file_format=file_format, button=button)
+                           file_format=file_format, button=button, created=created,
+                           inputs=[name, init_text, vectors, overwrite, file_format])
+
+
+def wire(ws, c, shared):
+    """Attach the Create button; returns its event, for what follows a created embedding."""
+    return c.button.click(partial(on_create, ws, c, shared), c.inputs,
+                          [shared.out.output, shared.out.error, c.created])
+
+
+def on_create(ws, c, shared, name, init_text, vectors, overwrite, file_format) -> dict:
+    """Create embedding: the file's path in the output box, or the reason it was not made in the error box."""
+    try:
+        path = create(ws, name, init_text, vectors, overwrite, file_format)
+    except UserError as e:
+        return {shared.out.output: "", shared.out.error: page_message(e), c.created: None}
+    return {shared.out.output: f"Created: {path.resolve()}", shared.out.error: "", c.created: path.stem}
 
 
 def create(ws, name, init_text, vectors, overwrite, file_format="pt") -> Path:

@@ -1,11 +1,19 @@
-"""Train > Create hypernetwork: name, modules, layer structure, activation, initialisation, layer norm, dropout."""
+"""Train > Create hypernetwork: name, modules, layer structure, activation, initialisation, layer norm, dropout.
+
+The module sizes follow the loaded checkpoint. The name of the hypernetwork created last goes into `c.created`
+(None when creating failed): the Train subtab's Hypernetwork list follows it (connected by app.py).
+"""
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 
-from trainer.hypernetworks.network import (ACTIVATIONS, DEFAULT_DROPOUT_STRUCTURE, DEFAULT_LAYER_STRUCTURE, WEIGHT_INITS,
-                                  default_sizes, size_choices)
+from common.errors import UserError
+from trainer.hypernetworks.network import (ACTIVATIONS, DEFAULT_DROPOUT_STRUCTURE, DEFAULT_LAYER_STRUCTURE,
+                                           WEIGHT_INITS, default_sizes, size_choices)
+
+from .hints import HYPERNETWORK_HINTS, page_message
 
 
 def build(ws) -> SimpleNamespace:
@@ -34,6 +42,7 @@ def build(ws) -> SimpleNamespace:
         c.overwrite = gr.Checkbox(label="Overwrite Old Hypernetwork", value=False,
                                   elem_id="train_overwrite_old_hypernetwork")
         c.button = gr.Button("Create hypernetwork", variant="primary", elem_id="train_create_hypernetwork")
+    c.created = gr.State(None)
     c.inputs = [c.name, c.sizes, c.layer_structure, c.activation, c.weight_init, c.layer_norm, c.use_dropout,
                 c.dropout_structure, c.overwrite]
     return c
@@ -54,39 +63,40 @@ def sizes_update(ws) -> dict:
 
 
 def create(ws, name, sizes, layer_structure, activation, weight_init, layer_norm, use_dropout, dropout_structure,
-           overwrite) -> str:
-    """Create the file; returns the reference's "Created: <path>" message (raises UserError on bad input)."""
+           overwrite) -> Path:
+    """Create the file and return its path (UserError on bad input)."""
     from trainer.hypernetworks.network import create_hypernetwork
 
     model = ws.model
-    path = create_hypernetwork(name, list(sizes or []), layer_structure=layer_structure, activation=activation,
+    return create_hypernetwork(name, list(sizes or []), layer_structure=layer_structure, activation=activation,
                                weight_init=weight_init, layer_norm=bool(layer_norm), use_dropout=bool(use_dropout),
                                dropout_structure=dropout_structure, overwrite=bool(overwrite),
                                hypernetwork_dir=ws.folders.hypernetwork_dir, checkpoint_hash=model.checkpoint_hash,
                                checkpoint_name=model.name)
-    return f"Created: {path}"
 
 
-def wire(ws, c, out, tr, model_status, demo):
-    """Create button -> file + refreshed Train dropdown; the module sizes follow the loaded checkpoint; the Train
-    subtab's hypernetwork list is read afresh on page load and by its refresh button."""
-    from common.errors import UserError
+def wire(ws, c, shared):
+    """Attach the Create button (returns its event, for what follows a created hypernetwork); the modules follow
+    the loaded checkpoint, on a checkpoint switch and on page load (another page may have switched it)."""
+    shared.model_switched.then(partial(follow_model, ws), shared.loaded_model, c.sizes, show_progress="hidden")
+    shared.load(partial(modules_for_model, ws), None, c.sizes, show_progress="hidden")
+    return c.button.click(partial(on_create, ws, c, shared), c.inputs,
+                          [shared.out.output, shared.out.error, c.created])
 
-    from .hints import HYPERNETWORK_HINTS, page_message
 
-    def on_create(*values):
-        try:
-            message = create(ws, *values)
-        except UserError as e:
-            return "", page_message(e, HYPERNETWORK_HINTS), gr.skip()
-        created = Path(message.split(": ", 1)[1]).stem
-        return message, "", choices(created)
+def on_create(ws, c, shared, *values) -> dict:
+    """Create hypernetwork: the reference's "Created: <path>", or the reason it was not made in the error box."""
+    try:
+        path = create(ws, *values)
+    except UserError as e:
+        return {shared.out.output: "", shared.out.error: page_message(e, HYPERNETWORK_HINTS), c.created: None}
+    return {shared.out.output: f"Created: {path}", shared.out.error: "", c.created: Path(path).stem}
 
-    def choices(value=None):
-        names = ws.hypernetworks()
-        return gr.Dropdown(choices=names, value=value if value in names else None)
 
-    c.button.click(on_create, c.inputs, [out.output, out.error, tr.hypernetwork])
-    model_status.change(lambda: gr.CheckboxGroup(**sizes_update(ws)), None, c.sizes, show_progress="hidden")
-    demo.load(lambda: choices(), None, tr.hypernetwork, show_progress="hidden")
-    tr.refresh_hypernetworks.click(choices, tr.hypernetwork, tr.hypernetwork)
+def modules_for_model(ws):
+    return gr.CheckboxGroup(**sizes_update(ws))
+
+
+def follow_model(ws, loaded):
+    """After a checkpoint switch: the new model's module widths, ticked."""
+    return modules_for_model(ws) if loaded else gr.skip()

@@ -3,6 +3,7 @@
 The same engine call as `python -m trainer make-demo-dataset DIR --concept ...`; on success the Train subtab's
 Dataset directory points at the new folder, so a newcomer can go straight to training.
 """
+from functools import partial
 from types import SimpleNamespace
 
 import gradio as gr
@@ -27,6 +28,7 @@ def build() -> SimpleNamespace:
                                   elem_id="demo_dataset_dir")
             c.overwrite = gr.Checkbox(label="Overwrite", value=False, elem_id="demo_dataset_overwrite")
         c.button = gr.Button("Make demo dataset", elem_id="demo_dataset_make")
+    c.made = gr.State(None)  # the folder written last; None when making it failed
     return c
 
 
@@ -43,14 +45,17 @@ def make(concept: str, count, folder, overwrite: bool) -> str:
     return f"Wrote {len(paths)} pictures of {parsed.describe()} with captions to {folder}."
 
 
-def wire(ws, c, out, dataset_box):
-    def on_click(concept, count, folder, overwrite):
-        """A relative folder starts in the data folder, like every path typed in the page."""
-        target = ws.folders.resolve(folder.strip()) if str(folder or "").strip() else ""
-        try:
-            message = make(concept, count, target, overwrite)
-        except UserError as e:
-            return gr.skip(), str(e), gr.skip()
-        return message, "", str(target)
+def wire(ws, c, shared):
+    """Attach the button; returns its event, for what follows a written dataset (`c.made`: its folder)."""
+    return c.button.click(partial(make_dataset, ws, c, shared), [c.concept, c.count, c.folder, c.overwrite],
+                          [shared.out.output, shared.out.error, c.made])
 
-    c.button.click(on_click, [c.concept, c.count, c.folder, c.overwrite], [out.output, out.error, dataset_box])
+
+def make_dataset(ws, c, shared, concept, count, folder, overwrite) -> dict:
+    """Make demo dataset; a relative folder starts in the data folder, like every path typed in the page."""
+    target = ws.folders.resolve(folder.strip()) if str(folder or "").strip() else ""
+    try:
+        message = make(concept, count, target, overwrite)
+    except UserError as e:
+        return {shared.out.error: str(e), c.made: None}
+    return {shared.out.output: message, shared.out.error: "", c.made: str(target)}

@@ -1,10 +1,12 @@
 """Train > Preprocess images: the reference's controls, plus "Review captions" (edit the captions of any
 dataset folder before training).
 
-`build()` lays the subtab out and returns its components; `wire(ws, c, out, timer)` attaches the events.
-Preprocessing runs as the workspace's background job; the page's shared timer draws its progress in the
-output column. When a preprocessing job ends, its destination is loaded into "Review captions".
+`build()` lays the subtab out and returns its components (defaults: PreprocessConfig's; the size: the loaded
+model's native size); `wire(ws, c, shared)` attaches the events. Preprocessing runs as the workspace's background
+job; the page's job timer draws its progress in the output column. When a preprocessing job ends, its destination
+is loaded into "Review captions".
 """
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +18,7 @@ from preprocess.pipeline import PreprocessConfig
 from common.errors import UserError
 
 from .hints import page_message
+from .output_column import interrupt_job
 
 CAPTION_ACTIONS = ("ignore", "copy", "prepend", "append")
 OBJECTIVES = ("Maximize area", "Minimize error")
@@ -26,62 +29,70 @@ LABEL_CHARS = 60  # gallery captions are cut to this length
 
 def build(size: int = 512) -> SimpleNamespace:
     """`size`: the default width and height (the loaded model's native size)."""
+    defaults = PreprocessConfig()
     c = SimpleNamespace()
     c.src = gr.Textbox(label="Source directory", elem_id="train_process_src")
     c.dst = gr.Textbox(label="Destination directory", elem_id="train_process_dst")
     c.width = gr.Slider(minimum=64, maximum=2048, step=8, label="Width", value=size, elem_id="train_process_width")
     c.height = gr.Slider(minimum=64, maximum=2048, step=8, label="Height", value=size,
                          elem_id="train_process_height")
-    c.caption_action = gr.Dropdown(label="Existing Caption txt Action", value="ignore",
+    c.caption_action = gr.Dropdown(label="Existing Caption txt Action", value=defaults.caption_action,
                                    choices=list(CAPTION_ACTIONS),
                                    elem_id="train_preprocess_txt_action")
     with gr.Row():
-        c.keep_original_size = gr.Checkbox(label="Keep original size", elem_id="train_process_keep_original_size")
-        c.flip = gr.Checkbox(label="Create flipped copies", elem_id="train_process_flip")
-        c.split = gr.Checkbox(label="Split oversized images", elem_id="train_process_split")
-        c.focal_crop = gr.Checkbox(label="Auto focal point crop", elem_id="train_process_focal_crop")
-        c.autosize = gr.Checkbox(label="Auto-sized crop", elem_id="train_process_multicrop")
-        c.overwrite = gr.Checkbox(label="Overwrite earlier outputs", elem_id="train_process_overwrite",
+        c.keep_original_size = gr.Checkbox(label="Keep original size", value=defaults.keep_original_size,
+                                           elem_id="train_process_keep_original_size")
+        c.flip = gr.Checkbox(label="Create flipped copies", value=defaults.flip, elem_id="train_process_flip")
+        c.split = gr.Checkbox(label="Split oversized images", value=defaults.split,
+                              elem_id="train_process_split")
+        c.focal_crop = gr.Checkbox(label="Auto focal point crop", value=defaults.focal_crop,
+                                   elem_id="train_process_focal_crop")
+        c.autosize = gr.Checkbox(label="Auto-sized crop", value=defaults.autosize,
+                                 elem_id="train_process_multicrop")
+        c.overwrite = gr.Checkbox(label="Overwrite earlier outputs", value=defaults.overwrite,
+                                  elem_id="train_process_overwrite",
                                   info="Off: numbering continues after the files already in the destination")
-        c.blip = gr.Checkbox(label="Use BLIP for caption", elem_id="train_process_caption")
-    with gr.Row(visible=False) as c.split_row:
-        c.split_threshold = gr.Slider(label="Split image threshold", value=0.5, minimum=0.0, maximum=1.0, step=0.05,
-                                      elem_id="train_process_split_threshold")
-        c.overlap_ratio = gr.Slider(label="Split image overlap ratio", value=0.2, minimum=0.0, maximum=0.9,
-                                    step=0.05, elem_id="train_process_overlap_ratio")
-    with gr.Row(visible=False) as c.focal_row:
-        c.face_weight = gr.Slider(label="Focal point face weight", value=0.9, minimum=0.0, maximum=1.0, step=0.05,
-                                  elem_id="train_process_focal_crop_face_weight")
-        c.entropy_weight = gr.Slider(label="Focal point entropy weight", value=0.15, minimum=0.0, maximum=1.0,
-                                     step=0.05, elem_id="train_process_focal_crop_entropy_weight")
-        c.edges_weight = gr.Slider(label="Focal point edges weight", value=0.5, minimum=0.0, maximum=1.0, step=0.05,
-                                   elem_id="train_process_focal_crop_edges_weight")
-        c.focal_debug = gr.Checkbox(label="Create debug image", elem_id="train_process_focal_crop_debug")
-    with gr.Column(visible=False) as c.autosize_col:
+        c.blip = gr.Checkbox(label="Use BLIP for caption", value=bool(defaults.caption),
+                             elem_id="train_process_caption")
+    with gr.Row(visible=defaults.split) as c.split_row:
+        c.split_threshold = gr.Slider(label="Split image threshold", value=defaults.split_threshold, minimum=0.0,
+                                      maximum=1.0, step=0.05, elem_id="train_process_split_threshold")
+        c.overlap_ratio = gr.Slider(label="Split image overlap ratio", value=defaults.overlap_ratio, minimum=0.0,
+                                    maximum=0.9, step=0.05, elem_id="train_process_overlap_ratio")
+    with gr.Row(visible=defaults.focal_crop) as c.focal_row:
+        c.face_weight = gr.Slider(label="Focal point face weight", value=defaults.face_weight, minimum=0.0,
+                                  maximum=1.0, step=0.05, elem_id="train_process_focal_crop_face_weight")
+        c.entropy_weight = gr.Slider(label="Focal point entropy weight", value=defaults.entropy_weight, minimum=0.0,
+                                     maximum=1.0, step=0.05, elem_id="train_process_focal_crop_entropy_weight")
+        c.edges_weight = gr.Slider(label="Focal point edges weight", value=defaults.edges_weight, minimum=0.0,
+                                   maximum=1.0, step=0.05, elem_id="train_process_focal_crop_edges_weight")
+        c.focal_debug = gr.Checkbox(label="Create debug image", value=defaults.focal_debug,
+                                    elem_id="train_process_focal_crop_debug")
+    with gr.Column(visible=defaults.autosize) as c.autosize_col:
         gr.Markdown("Each image is center-cropped with an automatically chosen width and height.")
         with gr.Row():
-            c.min_dim = gr.Slider(minimum=64, maximum=2048, step=8, label="Dimension lower bound", value=384,
-                                  elem_id="train_process_multicrop_mindim")
-            c.max_dim = gr.Slider(minimum=64, maximum=2048, step=8, label="Dimension upper bound", value=768,
-                                  elem_id="train_process_multicrop_maxdim")
+            c.min_dim = gr.Slider(minimum=64, maximum=2048, step=8, label="Dimension lower bound",
+                                  value=defaults.min_dim, elem_id="train_process_multicrop_mindim")
+            c.max_dim = gr.Slider(minimum=64, maximum=2048, step=8, label="Dimension upper bound",
+                                  value=defaults.max_dim, elem_id="train_process_multicrop_maxdim")
         with gr.Row():
             c.min_area = gr.Slider(minimum=64 * 64, maximum=2048 * 2048, step=1, label="Area lower bound",
-                                   value=64 * 64, elem_id="train_process_multicrop_minarea")
+                                   value=defaults.min_area, elem_id="train_process_multicrop_minarea")
             c.max_area = gr.Slider(minimum=64 * 64, maximum=2048 * 2048, step=1, label="Area upper bound",
-                                   value=640 * 640, elem_id="train_process_multicrop_maxarea")
+                                   value=defaults.max_area, elem_id="train_process_multicrop_maxarea")
         with gr.Row():
-            c.objective = gr.Radio(list(OBJECTIVES), value="Maximize area", label="Resizing objective",
+            c.objective = gr.Radio(list(OBJECTIVES), value=defaults.objective, label="Resizing objective",
                                    elem_id="train_process_multicrop_objective")
-            c.error_threshold = gr.Slider(minimum=0, maximum=1, step=0.01, label="Error threshold", value=0.1,
-                                          elem_id="train_process_multicrop_threshold")
-    with gr.Row(visible=False) as c.blip_row:
+            c.error_threshold = gr.Slider(minimum=0, maximum=1, step=0.01, label="Error threshold",
+                                          value=defaults.error_threshold, elem_id="train_process_multicrop_threshold")
+    with gr.Row(visible=bool(defaults.caption)) as c.blip_row:
         c.blip_model = gr.Textbox(label="BLIP model folder", value=str(DEFAULT_BLIP_DIR), scale=3,
                                   elem_id="train_process_blip_model")
-        c.beams = gr.Number(label="Number of beams", value=1, precision=0, minimum=1,
+        c.beams = gr.Number(label="Number of beams", value=defaults.beams, precision=0, minimum=1,
                             elem_id="train_process_blip_beams")
-        c.min_length = gr.Number(label="Minimum caption length", value=24, precision=0, minimum=0,
+        c.min_length = gr.Number(label="Minimum caption length", value=defaults.min_length, precision=0, minimum=0,
                                  elem_id="train_process_blip_min_length")
-        c.max_length = gr.Number(label="Maximum caption length", value=48, precision=0, minimum=0,
+        c.max_length = gr.Number(label="Maximum caption length", value=defaults.max_length, precision=0, minimum=0,
                                  elem_id="train_process_blip_max_length")
     with gr.Row():
         gr.HTML(value="", padding=False)
@@ -141,99 +152,125 @@ def config_from_form(values: dict) -> PreprocessConfig:
     return PreprocessConfig(**values)
 
 
-def wire(ws, c: SimpleNamespace, out: SimpleNamespace, timer: gr.Timer) -> None:
-    """Attach the tab's events. `out` is the shared output column, `timer` the page's job-polling timer."""
-    keys = [key for key, _ in c.form]
-
-    def start(*values):
-        try:
-            job = ws.start_preprocess(config_from_form(dict(zip(keys, values))))
-        except UserError as e:
-            return "", page_message(e), gr.skip()
-        return f"{job.title}...", "", gr.Timer(active=True)
-
-    c.run.click(start, [component for _, component in c.form], [out.output, out.error, timer])
-    c.interrupt.click(lambda: "Interrupting..." if ws.runner.interrupt() else "Nothing is running.",
-                      None, out.output, queue=False)
+def wire(ws, c: SimpleNamespace, shared) -> None:
+    """Attach the tab's events. `shared`: the output column, the job timer, the checkpoint switch."""
+    c.run.click(partial(start_preprocess, ws, c, shared), {component for _, component in c.form},
+                [shared.out.output, shared.out.error, shared.job_timer])
+    c.interrupt.click(partial(interrupt_job, ws), None, shared.out.output, queue=False)
     for box, extra in ((c.split, c.split_row), (c.focal_crop, c.focal_row), (c.autosize, c.autosize_col),
                        (c.blip, c.blip_row)):
-        box.change(lambda show: gr.update(visible=show), box, extra, queue=False, show_progress="hidden")
-    wire_review(ws, c, out)
+        box.change(show_options, box, extra, queue=False, show_progress="hidden")
+    shared.model_switched.then(partial(follow_model, ws, c), shared.loaded_model, [c.width, c.height],
+                               show_progress="hidden")
+    wire_review(ws, c, shared.out)
+
+
+def start_preprocess(ws, c, shared, values: dict) -> dict:
+    """Preprocess: start the job (its progress is drawn by the job timer), or say why not."""
+    try:
+        job = ws.start_preprocess(config_from_form({key: values[component] for key, component in c.form}))
+    except UserError as e:
+        return {shared.out.output: "", shared.out.error: page_message(e)}
+    return {shared.out.output: f"{job.title}...", shared.out.error: "", shared.job_timer: gr.Timer(active=True)}
+
+
+def show_options(ticked: bool):
+    """A ticked option (split, focal crop, auto-size, BLIP) shows its settings."""
+    return gr.update(visible=ticked)
+
+
+def follow_model(ws, c, loaded) -> dict:
+    """After a checkpoint switch: Width and Height move to the new model's native size."""
+    if not loaded:
+        return gr.skip()  # nothing changes
+    return {c.width: ws.model.native_size, c.height: ws.model.native_size}
 
 
 def wire_review(ws, c: SimpleNamespace, out: SimpleNamespace) -> None:
-    view = [c.review_state, c.review_gallery, c.review_status, c.review_image, c.review_name, c.review_caption]
+    view = review_outputs(c)
+    editing = [c.review_state, c.review_caption]
     c.dst.change(lambda folder: folder, c.dst, c.review_folder, queue=False, show_progress="hidden")
     for trigger in (c.review_load.click, c.review_folder.submit):
-        trigger(load_folder, c.review_folder, view)
-    c.review_prev_page.click(lambda s: show_page(s, -1), c.review_state, view, show_progress="hidden")
-    c.review_next_page.click(lambda s: show_page(s, +1), c.review_state, view, show_progress="hidden")
-    editing = [c.review_state, c.review_caption]
-    c.review_gallery.select(select_image, editing, view, show_progress="hidden")
-    c.review_prev.click(lambda s, text: step_image(s, -1, text), editing, view, show_progress="hidden")
-    c.review_next.click(lambda s, text: step_image(s, +1, text), editing, view, show_progress="hidden")
-    c.review_save.click(save_current, editing, view, show_progress="hidden")
+        trigger(partial(load_folder, c), c.review_folder, view)
+    c.review_prev_page.click(partial(show_page, c, delta=-1), c.review_state, view, show_progress="hidden")
+    c.review_next_page.click(partial(show_page, c, delta=+1), c.review_state, view, show_progress="hidden")
 
-    def after_preprocess(seen_job):
-        """When the output text changes because a preprocessing job ended, review its destination."""
-        job = ws.runner.current
-        result = getattr(getattr(job, "result", None), "result", None)
-        if job is None or job.kind != "preprocess" or job.running or job.id == seen_job or result is None:
-            return [gr.skip()] * (3 + len(view))
-        folder = str(result.destination)
-        return [job.id, folder, gr.Accordion(open=True), *load_folder(folder)]
+    def on_select(state, text, evt: gr.SelectData):  # (Gradio finds the event's data by this annotation)
+        return select_image(c, state, text, evt.index)
 
-    out.output.change(after_preprocess, c.review_job, [c.review_job, c.review_folder, c.review] + view,
-                      show_progress="hidden")
+    c.review_gallery.select(on_select, editing, view, show_progress="hidden")
+    c.review_prev.click(partial(step_image, c, delta=-1), editing, view, show_progress="hidden")
+    c.review_next.click(partial(step_image, c, delta=+1), editing, view, show_progress="hidden")
+    c.review_save.click(partial(save_current, c), editing, view, show_progress="hidden")
+    out.output.change(partial(review_finished_job, ws, c), c.review_job,
+                      [c.review_job, c.review_folder, c.review] + view, show_progress="hidden")
 
 
-# --- review handlers: each returns (state, gallery, status, image, name, caption) ---------------------------
-def load_folder(folder):
+def review_outputs(c) -> list:
+    """What the review handlers write: the review state, thumbnails, status line, image, its name and caption."""
+    return [c.review_state, c.review_gallery, c.review_status, c.review_image, c.review_name, c.review_caption]
+
+
+def review_finished_job(ws, c, seen_job) -> dict:
+    """When the output text changes because a preprocessing job ended, review its destination."""
+    job = ws.current_job()
+    result = getattr(getattr(job, "result", None), "result", None)
+    if job is None or job.kind != "preprocess" or job.running or job.id == seen_job or result is None:
+        return gr.skip()  # nothing changes
+    folder = str(result.destination)
+    return {c.review_job: job.id, c.review_folder: folder, c.review: gr.Accordion(open=True),
+            **load_folder(c, folder)}
+
+
+# --- review handlers: each returns what changes among review_outputs(c) -----------------------------------------
+def load_folder(c, folder) -> dict:
     try:
         names = [path.name for path in list_images(folder)]
     except UserError as e:
-        return None, [], f"**Error:** {e}", None, "Select an image above.", ""
+        return {c.review_state: None, c.review_gallery: [], c.review_status: f"**Error:** {e}", c.review_image: None,
+                c.review_name: "Select an image above.", c.review_caption: ""}
     state = {"folder": str(Path(folder).expanduser().resolve()), "names": names, "page": 0,
              "index": 0 if names else None}
-    return _view(state, "" if names else "No images in this folder.")
+    return _view(c, state, "" if names else "No images in this folder.")
 
 
-def show_page(state, delta: int):
+def show_page(c, state, delta: int) -> dict:
     if not state:
-        return _no_folder()
+        return _no_folder(c)
     page = min(max(state["page"] + delta, 0), _page_count(state) - 1)
     if page == state["page"]:
-        return (gr.skip(),) * 6
+        return gr.skip()  # nothing changes
     index = page * PAGE_SIZE if state["names"] else None  # the page's first image is selected
-    return _view({**state, "page": page, "index": index})
+    return _view(c, {**state, "page": page, "index": index})
 
 
-def select_image(state, text, evt: gr.SelectData):
+def select_image(c, state, text, clicked: int) -> dict:
+    """The thumbnail at `clicked` (on the current page) chosen in the gallery."""
     if not state or not state["names"]:
-        return _no_folder()
-    index = min(state["page"] * PAGE_SIZE + evt.index, len(state["names"]) - 1)
-    return _view({**state, "index": index}, _unsaved(state, text), gallery=False)
+        return _no_folder(c)
+    index = min(state["page"] * PAGE_SIZE + clicked, len(state["names"]) - 1)
+    return _view(c, {**state, "index": index}, _unsaved(state, text), gallery=False)
 
 
-def step_image(state, delta: int, text: str | None = None):
+def step_image(c, state, text: str | None = None, delta: int = +1) -> dict:
     if not state or not state["names"]:
-        return _no_folder()
+        return _no_folder(c)
     index = 0 if state["index"] is None else min(max(state["index"] + delta, 0), len(state["names"]) - 1)
     page = index // PAGE_SIZE
-    return _view({**state, "index": index, "page": page}, _unsaved(state, text), gallery=page != state["page"])
+    return _view(c, {**state, "index": index, "page": page}, _unsaved(state, text), gallery=page != state["page"])
 
 
-def save_current(state, caption):
+def save_current(c, state, caption) -> dict:
     if not state or state["index"] is None:
-        return (*[gr.skip()] * 2, "Select an image first.", *[gr.skip()] * 3)
+        return {c.review_status: "Select an image first."}
     try:
         saved = save_caption(Path(state["folder"]) / state["names"][state["index"]], caption)
     except UserError as e:
-        return (*[gr.skip()] * 2, f"**Error:** {e}", *[gr.skip()] * 3)
-    return _view(state, f"Saved {saved.name}.", image=False)
+        return {c.review_status: f"**Error:** {e}"}
+    return _view(c, state, f"Saved {saved.name}.", image=False)
 
 
-def _view(state: dict, message: str = "", gallery: bool = True, image: bool = True):
+def _view(c, state: dict, message: str = "", gallery: bool = True, image: bool = True) -> dict:
     """Outputs for `state`: the current page of thumbnails, a status line and the selected image."""
     folder, names, page, index = Path(state["folder"]), state["names"], state["page"], state["index"]
     status = f"{len(names)} images in {folder}, page {page + 1} of {_page_count(state)}."
@@ -245,13 +282,16 @@ def _view(state: dict, message: str = "", gallery: bool = True, image: bool = Tr
         items = gr.update(value=items, selected_index=on_page)
     else:
         items = gr.update(selected_index=on_page)  # moves the highlight only
+    shown = {c.review_state: state, c.review_gallery: items, c.review_status: status}
     if index is None:
-        return state, items, status, None, "Select an image above.", ""
+        return {**shown, c.review_image: None, c.review_name: "Select an image above.", c.review_caption: ""}
     path = folder / names[index]
-    shown = str(thumbnail(path, VIEW_SIZE)) if image else gr.skip()
+    if image:
+        shown[c.review_image] = str(thumbnail(path, VIEW_SIZE))
     caption = caption_of(path)
     note = "" if caption.has_caption_file else " (no caption file yet)"
-    return state, items, status, shown, f"**{path.name}**, {index + 1} of {len(names)}{note}", caption.caption
+    return {**shown, c.review_name: f"**{path.name}**, {index + 1} of {len(names)}{note}",
+            c.review_caption: caption.caption}
 
 
 def _unsaved(state: dict, text) -> str:
@@ -273,5 +313,5 @@ def _page_count(state: dict) -> int:
     return max(1, -(-len(state["names"]) // PAGE_SIZE))
 
 
-def _no_folder():
-    return (None, gr.skip(), "Load a folder first.", *[gr.skip()] * 3)
+def _no_folder(c) -> dict:
+    return {c.review_state: None, c.review_status: "Load a folder first."}

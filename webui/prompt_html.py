@@ -54,3 +54,11 @@ def prompt_html(parts: list, caption: str = "") -> str:
             out.append("<div><i>… alternates every step from here on</i></div>")
     out.append("</div>")
     return "".join(out)
+
+
+def parsed_prompt_html(ws, prompt: str, steps: int, caption: str) -> str:
+    """`prompt` parsed against the embeddings in the workspace's folder (their vector counts), as HTML."""
+    from trainer.prompts.view import describe_prompt
+
+    counts = {name: e.num_vectors for name, e in ws.embeddings()[0].items()}
+    return prompt_html(describe_prompt(prompt or "", int(steps), counts), caption)

@@ -7,7 +7,6 @@ import time
 from common.errors import UserError
 from trainer.prompts.view import embedding_notes
 
-from . import txt2img_tab
 from .job_view import format_duration
 
 POLL_SECONDS = 0.25
@@ -29,22 +28,21 @@ def progress_line(event: dict | None, started: float) -> str:
     return "<div class='ti-live'>" + html.escape(" · ".join(parts)) + "</div>"
 
 
-def generate(ws, values, stop: threading.Event):
-    """Yields (gallery, infotext, error, progress) while generating; the last one carries the images."""
-    import gradio as gr
+def generate(ws, params, stop: threading.Event):
+    """Yields what changed, by name ("gallery", "infotext", "error", "progress"), while the images of `params`
+    (Txt2ImgParams) are made; the last update carries the images."""
     from trainer.sampling.txt2img import save_txt2img_outputs, txt2img
 
     stop.clear()
     loaded, skipped = ws.embeddings()
-    prompt = f"{values[0] or ''} {values[1] or ''}"
-    notes = [f"Note: {note}" for note in embedding_notes(prompt, loaded, skipped, ws.folders.embeddings_dir)
+    notes = [f"Note: {note}" for note in embedding_notes(f"{params.prompt} {params.negative_prompt}", loaded,
+                                                         skipped, ws.folders.embeddings_dir)
              if not note.startswith("No embeddings found")]
     latest, outcome = {}, {}
 
     def work():
         try:
-            outcome["results"] = txt2img(ws.model, txt2img_tab.params_from_values(*values),
-                                         {name: e.vectors for name, e in loaded.items()},
+            outcome["results"] = txt2img(ws.model, params, {name: e.vectors for name, e in loaded.items()},
                                          progress=lambda event: latest.update(event=dict(event)),
                                          should_stop=stop.is_set, hypernetworks=ws.hypernetwork_library())
         except UserError as e:
@@ -55,21 +53,21 @@ def generate(ws, values, stop: threading.Event):
     started = time.time()
     worker = threading.Thread(target=work, name="txt2img", daemon=True)
     worker.start()
-    yield gr.skip(), gr.skip(), "", progress_line(None, started)
+    yield {"error": "", "progress": progress_line(None, started)}
     while worker.is_alive():
         worker.join(POLL_SECONDS)
-        yield gr.skip(), gr.skip(), gr.skip(), progress_line(latest.get("event"), started)
+        yield {"progress": progress_line(latest.get("event"), started)}
     if "error" in outcome:
-        yield gr.skip(), gr.skip(), f"**Error:** {outcome['error']}", ""
+        yield {"error": f"**Error:** {outcome['error']}", "progress": ""}
         return
     results = outcome["results"]
     interrupted = stop.is_set()
     if not results:
-        yield gr.skip(), gr.skip(), "Interrupted before an image was finished.", ""
+        yield {"error": "Interrupted before an image was finished.", "progress": ""}
         return
     paths = save_txt2img_outputs(results, ws.folders.outputs_dir)  # downloads keep their infotext
     if interrupted:
         notes.insert(0, f"Interrupted: {len(results)} image(s) finished.")
     notes.append(f"Saved to {paths[0].resolve().parent}.")
-    yield ([(str(path), f"seed {r.seed}") for path, r in zip(paths, results)], results[0].infotext,
-           "\n\n".join(notes), "")
+    yield {"gallery": [(str(path), f"seed {r.seed}") for path, r in zip(paths, results)],
+           "infotext": results[0].infotext, "error": "\n\n".join(notes), "progress": ""}
