@@ -15,6 +15,7 @@ from pathlib import Path
 from common.cpu_env import add_threads_argument, apply_cpu_defaults, set_threads
 
 apply_cpu_defaults()  # passive OpenMP waits, huge-page allocations: before the steps below import torch
+from common import events  # noqa: E402
 from common.errors import UserError, with_hint  # noqa: E402
 
 from .autosize import OBJECTIVES
