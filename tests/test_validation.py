@@ -2,6 +2,7 @@
 without gradients), written to validation.csv, the best step kept as <name>-best.pt, early stop, vector health,
 held-out images, hypernetworks, and what the page draws of it. All on the demo model with 64 px photos."""
 import csv
+from common import events
 from pathlib import Path
 
 import pytest
@@ -188,10 +189,10 @@ def test_hypernetworks_get_validation_and_a_best_copy(work):
 def test_the_page_draws_the_validation_curve_and_the_vector_norms():
     job = Job(1, "train-embedding", "Training embedding cat")
     for step in (1, 2):
-        job.report({"type": "step", "step": step, "max_steps": 4, "loss": 0.5, "lr": 0.005})
-    job.report({"type": "validation", "step": 2, "val_loss": 0.25, "best_step": 0, "best_val_loss": 0.2,
-                "improved": False, "seconds": 0.1, "norm_mean": 0.3, "norm_max": 0.35, "norms": "0.2500 0.3500",
-                "init_norm_mean": 0.1, "init_step": 0, "token_norm": 0.1, "max_vs_token": 3.5})
+        job.report(events.Step(step, 4, 0.5, 0.005, 0, step - 1, 4, "a prompt", 1.0))
+    job.report(events.Validated(2, 0.25, best_step=0, best_val_loss=0.2, improved=False, seconds=0.1, health={
+        "norm_mean": 0.3, "norm_max": 0.35, "norms": "0.2500 0.3500", "init_norm_mean": 0.1, "init_step": 0,
+        "token_norm": 0.1, "max_vs_token": 3.5}))
     snap = job.snapshot()
     frame = job_view.loss_frame(snap["losses"], validations=snap["validations"])
     assert sorted(set(frame["series"])) == ["raw", "smoothed", "validation"]
