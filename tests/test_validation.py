@@ -94,7 +94,7 @@ def test_early_stop_ends_training_saves_and_says_why(work):
 
 def test_the_tracker_keeps_the_lowest_loss_and_counts_checks_without_improvement(tmp_path):
     losses = iter([3.0, 2.0, 2.5, 1.0, 1.5, 1.2, 1.0])
-    saved, events = [], []
+    saved, reported = [], []
 
     def save_best(vectors, step, path):
         saved.append(step)
@@ -104,7 +104,7 @@ def test_the_tracker_keeps_the_lowest_loss_and_counts_checks_without_improvement
     validation = Validation(fixed, every=10, patience=3, loss=lambda: next(losses),
                             describe=lambda vectors: ({"norm_max": float(vectors.norm())}, None),
                             save_best=save_best, best_file=tmp_path / "x-best.pt", csv_path=tmp_path / "v.csv",
-                            emit=events.append, start_step=0)
+                            emit=reported.append, start_step=0)
     for step in range(0, 70, 10):
         assert validation.due(step) and not validation.stop_reason
         validation.check(step, torch.full((1, 4), float(step)))
@@ -112,7 +112,7 @@ def test_the_tracker_keeps_the_lowest_loss_and_counts_checks_without_improvement
     assert read_embedding_file(tmp_path / "x-best.pt").vectors[0, 0] == 30.0
     assert validation.stop_reason == "validation loss has not improved for 3 checks (best 1.000000 at step 30)"
     assert [r["best_step"] for r in rows_of(tmp_path / "v.csv")] == ["0", "10", "10", "30", "30", "30", "30"]
-    assert [e["improved"] for e in events] == [True, True, False, True, False, False, False]
+    assert [e.improved for e in reported] == [True, True, False, True, False, False, False]
     assert not validation.due(60) and validation.due(70)
 
 

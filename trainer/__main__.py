@@ -256,13 +256,15 @@ def run_training(args, cfg, train, what: str):
     stop = threading.Event()
     # Ctrl-C, and SIGTERM (what kill, systemd, Docker and job schedulers send): stop, save, exit 130
     previous_handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    progress = ConsoleProgress(enabled=accelerator.is_main_process, quiet=args.quiet)
+    progress = ConsoleProgress(enabled=not args.quiet and accelerator.is_main_process)
     try:
         result = train(ws, progress, stop.is_set, accelerator)
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
     if accelerator.is_main_process:
+        for warning in progress.warnings:  # again at the end: the bar may have scrolled them away
+            print(f"Warning: {warning}", file=sys.stderr)
         print(result.message)
     return {Status.FINISHED: 0, Status.INTERRUPTED: 130}.get(result.status, 1)
 

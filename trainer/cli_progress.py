@@ -7,22 +7,23 @@ from common import events
 
 
 class ConsoleProgress:
-    """`enabled`: this process prints at all (the main one of a data-parallel run); `quiet`: no bar and no
-    progress lines, only the warnings."""
+    """`enabled`: the bar and progress lines are printed (not with --quiet, nor on the other processes of a
+    data-parallel run). Warnings are printed as they come when enabled, and kept in `warnings` for the command to
+    repeat at the end, beside the result."""
 
-    def __init__(self, enabled: bool = True, quiet: bool = False):
-        self.enabled, self.quiet = enabled, quiet
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
         self.bar = None
+        self.warnings = []
 
     def __call__(self, event: events.Event):
+        if isinstance(event, events.Warning):
+            self.warnings.append(event.text)
         if not self.enabled:
             return
-        if isinstance(event, events.Warning):
-            tqdm.write(f"Warning: {event.text}", file=sys.stderr)
-            return
-        if self.quiet:
-            return
         match event:
+            case events.Warning():
+                tqdm.write(f"Warning: {event.text}", file=sys.stderr)
             case events.Started():
                 self.bar = tqdm(total=event.max_steps, initial=event.step, unit="step", file=sys.stderr,
                                 dynamic_ncols=True)
