@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.events import Status
+
 MAX_CHART_POINTS = 500  # per series: the chart is re-sent whole, so its size is bounded however long the run
 SERIES_COLORS = {"raw": "#94a3b8", "smoothed": "#f97316", "validation": "#2563eb"}  # a new series adds its colour here
 
@@ -91,7 +93,7 @@ def progress_html(snap: dict | None) -> str:
         done, total = (progress.done, progress.total) if progress is not None else (None, None)
     else:
         done, total = steps_done(snap), snap["max_steps"]
-        if progress is not None and state == "running":
+        if progress is not None and state == Status.RUNNING:
             rows.append(f"Preparing dataset: image {progress.done}/{progress.total}")
     if done is not None and total:
         percent = 100.0 * done / total
@@ -103,7 +105,7 @@ def progress_html(snap: dict | None) -> str:
             rate = done / elapsed if elapsed > 0 else 0.0
         if rate > 0:
             line += f" &middot; {rate:.2f} it/s"
-            if state == "running":
+            if state == Status.RUNNING:
                 line += f" &middot; ETA {format_duration((total - done) / rate)}"
         rows.append(line)
     if step is not None:
@@ -128,7 +130,7 @@ def compact_status(snap: dict | None, kind: str) -> str:
     if not snap or (snap["kind"] == "preprocess") != (kind == "preprocess"):
         return ""
     state, step, progress = snap["state"], snap["step"], snap["progress"]
-    if state == "running":
+    if state == Status.RUNNING:
         parts = []
         if snap["kind"] == "preprocess":
             if progress is not None and progress.total:
@@ -201,7 +203,7 @@ def validation_rows(event) -> list:
 def result_text(snap: dict | None) -> str:
     if not snap:
         return ""
-    if snap["state"] == "running":
+    if snap["state"] == Status.RUNNING:
         return f"{snap['title']}..."
     # a failed run's sentence is in the error box (once); the result box never says something else
     message = "" if snap["error"] else snap["message"]
