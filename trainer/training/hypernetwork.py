@@ -206,7 +206,7 @@ def _train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir
                     validation.check(step, last_good)
                     if validation.stop_reason:
                         break
-                lr = lr_schedule.advance(step)
+                lr = lr_schedule.advance(step)  # the learning rate for this step
                 if lr is None:
                     break  # the schedule ran out: the reference ends training here
                 for group in optimizer.param_groups:
@@ -220,12 +220,13 @@ def _train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir
                     prompts = [build_prompt(template_lines, cfg.name, words, rng, cfg.shuffle_tags,
                                             cfg.tag_dropout) for words in batch.filewords]
                     with accelerator.accumulate(hypernetwork):
+                        # forward through the UNet with the hypernetwork in its attention, and the denoising loss
                         loss = denoising_loss(noise_scheduler, batch, generator, accelerator.device,
                                               lambda noisy, timesteps: predict(noisy, timesteps, prompts))
                         if not torch.isfinite(loss):
                             status = Status.NAN
                             break
-                        accelerator.backward(loss)
+                        accelerator.backward(loss)  # then clip, and step (accelerate skips it between micro-batches)
                         if accelerator.sync_gradients:
                             if accelerator.num_processes > 1:  # no wrapped module averages them for us
                                 for param in params:
@@ -241,7 +242,7 @@ def _train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
                     loss_total += loss.item() / cfg.grad_accum
-                if status != Status.FINISHED:
+                if status != Status.FINISHED:  # interrupted or NaN mid-step: the last good state stays
                     optimizer.zero_grad(set_to_none=True)
                     break
                 if not all(torch.isfinite(param).all() for param in params):

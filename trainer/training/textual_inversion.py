@@ -167,7 +167,7 @@ def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, oth
                     validation.check(step, last_good)
                     if validation.stop_reason:
                         break
-                lr = lr_schedule.advance(step)
+                lr = lr_schedule.advance(step)  # the learning rate for this step
                 if lr is None:
                     break  # the schedule ran out: the reference ends training here
                 for group in optimizer.param_groups:
@@ -190,7 +190,7 @@ def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, oth
                         if not torch.isfinite(loss):
                             status = Status.NAN
                             break
-                        accelerator.backward(loss)
+                        accelerator.backward(loss)  # then clip, and step (accelerate skips it between micro-batches)
                         if accelerator.sync_gradients and clip_schedule is not None:
                             clip_value = clip_schedule.advance(step) or clip_schedule.value
                             if cfg.clip_grad_mode == "value":
@@ -200,7 +200,7 @@ def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, oth
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
                     loss_total += loss.item() / cfg.grad_accum
-                if status != Status.FINISHED:
+                if status != Status.FINISHED:  # interrupted or NaN mid-step: the last good state stays
                     optimizer.zero_grad(set_to_none=True)
                     break
                 if not torch.isfinite(vectors).all():
