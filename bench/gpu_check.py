@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from common import events  # noqa: E402
 from trainer.embeddings.library import create_embedding  # noqa: E402
 from trainer.models.loading import CONFIGS_DIR, load_model, training_scheduler_config  # noqa: E402
 from trainer.models.tokenizers import TOKENIZERS, load_tokenizer  # noqa: E402
@@ -108,11 +109,11 @@ def run_setting(model, work: Path, size: int, steps: int, precision: str, checkp
     times, resident = [], []
 
     def progress(event):
-        if event["type"] == "start" and device == "cuda":
+        if isinstance(event, events.Started) and device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             resident.append(torch.cuda.memory_allocated() / 2**30)
-        if event["type"] == "step":
+        if isinstance(event, events.Step):
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter())

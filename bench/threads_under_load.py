@@ -32,6 +32,7 @@ def child(size: int, steps: int, work: Path):
     import torch
     from train_speed import make_dataset, mid_model
 
+    from common import events
     from trainer.embeddings.library import create_embedding
     from trainer.training.textual_inversion import train_embedding
     from trainer.training.config import TrainConfig
@@ -47,7 +48,7 @@ def child(size: int, steps: int, work: Path):
                       steps=steps + 2, save_every=0, preview_every=0, template="subject_filewords.txt",
                       save_optimizer_state=False, seed=0, latent_cache_dir=str(work / "cache"))
     train_embedding(model, cfg, work / "emb", Path(HERE.parent / "textual_inversion_templates"),
-                    progress=lambda e: marks.append(time.perf_counter()) if e["type"] == "step" else None)
+                    progress=lambda e: marks.append(time.perf_counter()) if isinstance(e, events.Step) else None)
     gaps = [b - a for a, b in zip(marks[2:], marks[3:])]
     print(json.dumps({"median": statistics.median(gaps), "threads": torch.get_num_threads()}))
 

@@ -43,6 +43,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa
 from PIL import Image  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
+from common import events  # noqa: E402
 from trainer.models.demo import SCHEDULER_CONFIG, load_clip_tokenizer  # noqa: E402
 from trainer.embeddings.library import create_embedding  # noqa: E402
 from trainer.models.loading import load_model  # noqa: E402
@@ -95,7 +96,7 @@ def time_loop(model, workdir: Path, size: int, steps: int) -> float:
                       steps=steps + 3, save_every=0, preview_every=0, template="subject_filewords.txt",
                       save_optimizer_state=False, seed=0)
     train_embedding(model, cfg, workdir / "emb", Path("textual_inversion_templates"),
-                    progress=lambda e: times.append(time.perf_counter()) if e["type"] == "step" else None)
+                    progress=lambda e: times.append(time.perf_counter()) if isinstance(e, events.Step) else None)
     times = times[3:]  # warm-up steps
     return (times[-1] - times[0]) / (len(times) - 1)
 
@@ -145,9 +146,9 @@ def time_to_first_step(model, work: Path, data: Path, cache: Path, size: int, st
     loop_start = []
 
     def progress(event):
-        if event["type"] == "start":
+        if isinstance(event, events.Started):
             loop_start.append(time.perf_counter())
-        elif event["type"] == "step":
+        elif isinstance(event, events.Step):
             marks.append(time.perf_counter())
 
     start = time.perf_counter()

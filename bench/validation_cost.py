@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from train_speed import make_dataset, mid_model  # noqa: E402
+from common import events  # noqa: E402
 from trainer.embeddings.library import create_embedding  # noqa: E402
 from trainer.models.loading import load_model  # noqa: E402
 from trainer.training.textual_inversion import train_embedding  # noqa: E402
@@ -43,11 +44,11 @@ def run(model, workdir: Path, size: int, steps: int, every: int) -> dict:
     marks, checks = {}, []
 
     def progress(event):
-        if event["type"] == "start":
+        if isinstance(event, events.Started):
             marks["start"] = time.perf_counter()
-        elif event["type"] == "validation":
-            checks.append(event["seconds"])
-        elif event["type"] == "end":
+        elif isinstance(event, events.Validated):
+            checks.append(event.seconds)
+        elif isinstance(event, events.Ended):
             marks["end"] = time.perf_counter()
 
     cfg = TrainConfig(name=name, dataset=str(workdir / "data"), log_dir=str(workdir / "logs"), width=size,

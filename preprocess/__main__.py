@@ -15,6 +15,7 @@ from pathlib import Path
 from common.cpu_env import add_threads_argument, apply_cpu_defaults, set_threads
 
 apply_cpu_defaults()  # passive OpenMP waits, huge-page allocations: before the steps below import torch
+from common import events  # noqa: E402
 from common.errors import UserError, with_hint  # noqa: E402
 
 from .autosize import OBJECTIVES
@@ -118,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
 
     bar = {"tqdm": None}
 
-    def progress(event: dict) -> None:
+    def progress(event: events.Progress) -> None:
         from tqdm import tqdm
 
         if bar["tqdm"] is None:
-            bar["tqdm"] = tqdm(total=event["total"], file=sys.stderr, unit="file", desc="Preprocessing")
+            bar["tqdm"] = tqdm(total=event.total, file=sys.stderr, unit="file", desc="Preprocessing")
         tq = bar["tqdm"]
-        tq.update(event["done"] - tq.n)
+        tq.update(event.done - tq.n)
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     signals = (signal.SIGINT, signal.SIGTERM)  # SIGTERM (kill, systemd, Docker) stops like Ctrl-C

@@ -35,6 +35,7 @@ from typing import Callable
 
 from PIL import Image, ImageOps
 
+from common import events
 from common.errors import UserError
 from common.files import atomic_write_text
 from common.image_files import is_hidden, read_caption
@@ -111,14 +112,14 @@ class PreprocessResult:
         return len(self.written)
 
 
-ProgressFn = Callable[[dict], None]
+ProgressFn = Callable[[events.Progress], None]
 StopFn = Callable[[], bool]
 
 
 def run_preprocess(config: PreprocessConfig, progress: ProgressFn | None = None,
                    should_stop: StopFn | None = None) -> PreprocessResult:
     """Preprocess config.src into config.dst. Raises UserError for bad settings; per-file problems are
-    reported in the result's `skipped`. `progress(dict(done, total, message))` is called after each file;
+    reported in the result's `skipped`. `progress(events.Progress)` is called after each file;
     `should_stop()` is checked before each file (an interrupt lets the current image finish)."""
     config = validate_config(config)
     src, dst = Path(config.src), Path(config.dst)
@@ -143,7 +144,7 @@ def run_preprocess(config: PreprocessConfig, progress: ProgressFn | None = None,
         raise UserError(f"The destination directory {dst} could not be created ({exc.strerror or exc}).") from None
 
     if progress:
-        progress(dict(done=0, total=len(files), message="Preprocessing..."))
+        progress(events.Progress(0, len(files), "Preprocessing..."))
     try:
         index = 0 if config.overwrite else next_free_index(dst)
         for done, path in enumerate(files, start=1):
@@ -163,8 +164,7 @@ def run_preprocess(config: PreprocessConfig, progress: ProgressFn | None = None,
                     result.skipped.append(SkippedFile(path.name, f"Failed while processing: {_one_line(exc)}"))
                 index += 1
             if progress:
-                progress(dict(done=done, total=len(files),
-                              message=f"Preprocessing [Image {done}/{len(files)}] {path.name}"))
+                progress(events.Progress(done, len(files), f"Preprocessing [Image {done}/{len(files)}] {path.name}"))
     finally:
         if captioner is not None:
             captioner.close()

@@ -1,6 +1,7 @@
 """Training hypernetworks: the headless commands, the log layout, interrupt and resume, cached conditioning."""
 import csv
 import json
+from common import events
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -83,10 +84,10 @@ def test_interrupt_then_resume_with_the_optimizer_state(tmp_path, demo_model):
     steps, messages = [], []
 
     def progress(event):
-        if event["type"] == "step":
-            steps.append(event["step"])
-        if event["type"] == "message":
-            messages.append(event["text"])
+        if isinstance(event, events.Step):
+            steps.append(event.step)
+        if isinstance(event, events.Message):
+            messages.append(event.text)
 
     result = train_hypernetwork(demo_model, cfg, tmp_path / "hn", TEMPLATES, progress=progress,
                                 should_stop=lambda: len(steps) >= 3)

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from helpers_images import make_dataset
+from common import events
 from common.errors import UserError, with_hint
 from trainer.job import Job
 from trainer.training.loss_history import epoch_of, read_loss_history
@@ -20,6 +21,10 @@ def snapshot(**changes):
     for key, value in changes.items():
         setattr(job, key, value)
     return job.snapshot()
+
+
+def step_event(step, max_steps, loss=0.1, lr=0.005, epoch=0, epoch_step=0, epoch_len=1, it_per_s=0.0):
+    return events.Step(step, max_steps, loss, lr, epoch, epoch_step, epoch_len, "a prompt", it_per_s)
 
 
 def test_chart_frame_is_typed_and_absent_without_points():
@@ -59,16 +64,16 @@ def test_resume_starts_the_loss_with_the_earlier_sessions(tmp_path):
     history = read_loss_history(tmp_path, "cat", "textual_inversion_loss.csv", 4)
     assert history == [(1, 0.9), (2, 0.8), (3, 0.6), (4, 0.5)]  # the later write of step 3 wins; none past 4
     job = Job(1, "train-embedding", "t")
-    job.report({"type": "start", "step": 4, "max_steps": 8, "history": history})
-    job.report({"type": "step", "step": 5, "max_steps": 8, "loss": 0.4, "lr": 0.005})
+    job.report(events.Started(4, 8, dataset_size=4, epoch_len=4, history=tuple(history)))
+    assert "Step 4/8" in job_view.progress_html(job.snapshot())  # before the first step of this session
+    job.report(step_event(5, 8, loss=0.4, lr=0.005))
     assert [step for step, _ in job.snapshot()["losses"]] == [1, 2, 3, 4, 5]
-    assert "history" not in job.snapshot()["latest"]
 
 
 def test_epochs_count_from_the_overall_step():
     assert [epoch_of(step, 4) for step in (1, 4, 5, 9)] == [(0, 0), (0, 3), (1, 0), (2, 0)]
-    text = job_view.progress_html(snapshot(latest={"type": "step", "step": 5, "max_steps": 40, "loss": 0.1,
-                                                   "lr": 0.005, "epoch": 1, "epoch_step": 0, "epoch_len": 4}))
+    text = job_view.progress_html(snapshot(step=step_event(5, 40, epoch=1, epoch_step=0, epoch_len=4),
+                                           max_steps=40))
     assert "Step 5/40" in text and "Epoch 1, step 1/4" in text
 
 
@@ -82,7 +87,7 @@ def test_one_outcome_one_message():
     assert job_view.result_text(finished) == ("Training finished at 8 steps.\n"
                                               "Skipped broken.png: cannot be read as an image.")
     assert job_error(finished) == ""
-    running = snapshot(latest={"type": "step", "step": 3, "max_steps": 10, "loss": 0.25, "lr": 0.1, "it_per_s": 1.0})
+    running = snapshot(step=step_event(3, 10, loss=0.25, lr=0.1, it_per_s=1.0), max_steps=10)
     assert "Step 3/10 · loss 0.2500 · ETA 00:07" in job_view.compact_status(running, "train")
     assert job_view.compact_status(running, "preprocess") == ""  # each subtab shows its own job
 
@@ -125,7 +130,7 @@ def test_training_from_the_page_resolves_paths_keeps_its_settings_and_resumes_wi
     ws.runner.wait(120)
     snap = job.snapshot()
     assert [step for step, _ in snap["losses"]] == [1, 2, 3, 4, 5]  # the chart shows the first session too
-    assert (snap["latest"]["epoch"], snap["latest"]["epoch_step"], snap["latest"]["epoch_len"]) == (1, 0, 4)
+    assert (snap["step"].epoch, snap["step"].epoch_step, snap["step"].epoch_len) == (1, 0, 4)
 
 
 def test_previews_are_encoded_once_and_only_the_newest_are_kept(tmp_path):
@@ -136,7 +141,7 @@ def test_previews_are_encoded_once_and_only_the_newest_are_kept(tmp_path):
     files = job_view.PreviewFiles()
     job = Job(7, "train-embedding", "t")
     for step in range(5, 5 * (MAX_PREVIEWS + 3), 5):
-        job.report({"type": "preview", "step": step, "image": Image.new("RGB", (64, 48), (step, 0, 0)), "prompt": "p"})
+        job.report(events.Preview(step, Image.new("RGB", (64, 48), (step, 0, 0)), "p", 1))
         items = files.items(job.snapshot())
     assert [caption for _, caption in items][:2] == [f"step {5 * (MAX_PREVIEWS + 2)}", f"step {5 * (MAX_PREVIEWS + 1)}"]
     assert len(items) == MAX_PREVIEWS == len(list(files.folder.iterdir()))  # older files are deleted

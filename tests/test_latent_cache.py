@@ -166,7 +166,7 @@ def test_training_keeps_the_cache_where_the_settings_say(tmp_path, demo_model, s
         cfg = TrainConfig(name="cached", dataset=str(work / "data"), log_dir=str(work / "logs"), width=64,
                           height=64, steps=steps, save_every=0, preview_every=0, seed=1, latent_cache_dir=custom)
         train_embedding(demo_model, cfg, work / "embeddings", work / "textual_inversion_templates",
-                        progress=lambda e: messages.append(e.get("text", "")))
+                        progress=lambda e: messages.append(getattr(e, "text", "")))
 
     run(1)
     run(2)  # a resume

@@ -3,6 +3,7 @@ the fp32 vectors in saved files, and a VAE decode that survives fp16 overflow.""
 import copy
 import dataclasses
 import json
+from common import events
 from pathlib import Path
 
 import pytest
@@ -47,16 +48,16 @@ def test_bf16_with_checkpointing_trains_fp32_vectors_and_leaves_the_model_as_it_
     losses = []
 
     def progress(event):
-        messages.append(event.get("text", ""))
-        if event["type"] == "step":
-            losses.append(event["loss"])
+        messages.append(getattr(event, "text", ""))
+        if isinstance(event, events.Step):
+            losses.append(event.loss)
 
     result = train_embedding(demo_model, cfg, tmp_path / "emb", TEMPLATES, progress=progress)
     assert result.status == "finished", result.message
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert ("Precision: bf16 mixed precision, frozen weights in float32, trained weights in float32, gradient "
             "checkpointing on.") in messages
-    saved = torch.load(result.embedding_path, weights_only=True)
+    saved = torch.load(result.trained_file, weights_only=True)
     [vectors] = saved["string_to_param"].values()
     assert vectors.dtype == torch.float32 and torch.isfinite(vectors).all()
     [copy_file] = [p for p in (Path(result.log_dir) / "embeddings").glob("*.pt") if not p.stem.endswith("-best")]

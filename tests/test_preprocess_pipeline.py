@@ -54,8 +54,8 @@ def test_default_run_over_a_mixed_folder(src, tmp_path):
             assert image.size == (64, 64) and image.mode == "RGB"
     assert not list(dst.glob("*.txt"))  # "ignore" and no BLIP: no captions
     assert not [p for p in dst.iterdir() if p.name.startswith(".")]  # no temporary files left
-    assert events[0]["done"] == 0 and [e["done"] for e in events[1:]] == list(range(1, 9))
-    assert all(e["total"] == 8 for e in events) and "h-junk.png" in events[-1]["message"]
+    assert events[0].done == 0 and [e.done for e in events[1:]] == list(range(1, 9))
+    assert all(e.total == 8 for e in events) and "h-junk.png" in events[-1].message
     assert result.summary == (f"Done: 7 of 8 source files preprocessed, 7 images written to {dst}; "
                               "1 file skipped.")
     rotated = np.asarray(Image.open(dst / "00001-0-c-rotated.png"))

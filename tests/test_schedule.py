@@ -9,7 +9,7 @@ def walk(schedule, start, max_steps):
     """The value used at each step until the schedule ends training (or max steps)."""
     values = []
     for step in range(start, max_steps):
-        value = schedule.value_at(step)
+        value = schedule.advance(step)
         if value is None:
             break
         values.append(value)

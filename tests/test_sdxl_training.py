@@ -4,6 +4,7 @@ training refused."""
 import csv
 
 import torch
+from common import events
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -91,7 +92,7 @@ def test_interrupt_saves_the_sdxl_embedding(work, sdxl_model):
                       save_every=0, preview_every=0, seed=0)
     steps = []
     result = train_embedding(sdxl_model, cfg, work / "emb", work / "textual_inversion_templates",
-                             progress=lambda e: steps.append(e["step"]) if e["type"] == "step" else None,
+                             progress=lambda e: steps.append(e.step) if isinstance(e, events.Step) else None,
                              should_stop=lambda: len(steps) >= 2)
     assert result.status == "interrupted" and result.step == 2
     assert read_embedding_file(work / "emb" / "subject.safetensors").step == 2

@@ -1,6 +1,7 @@
 """The training loop's promises under stress: interrupt, an exception mid-run, the job runner's one-at-a-time."""
 import re
 import time
+from common import events
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,8 @@ def test_interrupt_stops_before_the_next_step_and_saves(setup):
     steps = []
 
     def progress(event):
-        if event["type"] == "step":
-            steps.append(event["step"])
+        if isinstance(event, events.Step):
+            steps.append(event.step)
 
     result = train_embedding(model, cfg, tmp / "emb", TEMPLATES, progress=progress,
                              should_stop=lambda: len(steps) >= 3)
@@ -50,9 +51,9 @@ def test_an_exception_mid_run_saves_the_last_good_vectors_and_says_it_failed(set
     seen = {}
 
     def progress(event):
-        if event["type"] == "step":
-            seen[event["step"]] = True
-            if event["step"] == 4:
+        if isinstance(event, events.Step):
+            seen[event.step] = True
+            if event.step == 4:
                 raise OSError("disk full (simulated)")
 
     result = train_embedding(model, cfg, tmp / "emb", TEMPLATES, progress=progress)

@@ -2,6 +2,7 @@
 without gradients), written to validation.csv, the best step kept as <name>-best.pt, early stop, vector health,
 held-out images, hypernetworks, and what the page draws of it. All on the demo model with 64 px photos."""
 import csv
+from common import events
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,7 @@ def test_early_stop_ends_training_saves_and_says_why(work):
 
 def test_the_tracker_keeps_the_lowest_loss_and_counts_checks_without_improvement(tmp_path):
     losses = iter([3.0, 2.0, 2.5, 1.0, 1.5, 1.2, 1.0])
-    saved, events = [], []
+    saved, reported = [], []
 
     def save_best(vectors, step, path):
         saved.append(step)
@@ -103,7 +104,7 @@ def test_the_tracker_keeps_the_lowest_loss_and_counts_checks_without_improvement
     validation = Validation(fixed, every=10, patience=3, loss=lambda: next(losses),
                             describe=lambda vectors: ({"norm_max": float(vectors.norm())}, None),
                             save_best=save_best, best_file=tmp_path / "x-best.pt", csv_path=tmp_path / "v.csv",
-                            emit=events.append, start_step=0)
+                            emit=reported.append, start_step=0)
     for step in range(0, 70, 10):
         assert validation.due(step) and not validation.stop_reason
         validation.check(step, torch.full((1, 4), float(step)))
@@ -111,7 +112,7 @@ def test_the_tracker_keeps_the_lowest_loss_and_counts_checks_without_improvement
     assert read_embedding_file(tmp_path / "x-best.pt").vectors[0, 0] == 30.0
     assert validation.stop_reason == "validation loss has not improved for 3 checks (best 1.000000 at step 30)"
     assert [r["best_step"] for r in rows_of(tmp_path / "v.csv")] == ["0", "10", "10", "30", "30", "30", "30"]
-    assert [e["improved"] for e in events] == [True, True, False, True, False, False, False]
+    assert [e.improved for e in reported] == [True, True, False, True, False, False, False]
     assert not validation.due(60) and validation.due(70)
 
 
@@ -188,10 +189,10 @@ def test_hypernetworks_get_validation_and_a_best_copy(work):
 def test_the_page_draws_the_validation_curve_and_the_vector_norms():
     job = Job(1, "train-embedding", "Training embedding cat")
     for step in (1, 2):
-        job.report({"type": "step", "step": step, "max_steps": 4, "loss": 0.5, "lr": 0.005})
-    job.report({"type": "validation", "step": 2, "val_loss": 0.25, "best_step": 0, "best_val_loss": 0.2,
-                "improved": False, "seconds": 0.1, "norm_mean": 0.3, "norm_max": 0.35, "norms": "0.2500 0.3500",
-                "init_norm_mean": 0.1, "init_step": 0, "token_norm": 0.1, "max_vs_token": 3.5})
+        job.report(events.Step(step, 4, 0.5, 0.005, 0, step - 1, 4, "a prompt", 1.0))
+    job.report(events.Validated(2, 0.25, best_step=0, best_val_loss=0.2, improved=False, seconds=0.1, health={
+        "norm_mean": 0.3, "norm_max": 0.35, "norms": "0.2500 0.3500", "init_norm_mean": 0.1, "init_step": 0,
+        "token_norm": 0.1, "max_vs_token": 3.5}))
     snap = job.snapshot()
     frame = job_view.loss_frame(snap["losses"], validations=snap["validations"])
     assert sorted(set(frame["series"])) == ["raw", "smoothed", "validation"]

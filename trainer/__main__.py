@@ -28,6 +28,7 @@ from common.cpu_env import add_threads_argument, apply_cpu_defaults, set_threads
 
 apply_cpu_defaults()  # passive OpenMP waits, huge-page allocations: before anything imports torch
 from common.errors import UserError, with_hint  # noqa: E402
+from common.events import Status  # noqa: E402
 
 # How this interface names the controls an error's sentence points at (the page names its checkboxes instead).
 CLI_HINTS = {"overwrite": "Pass --overwrite to replace it.", "blip_model": "Or pass its folder with --blip-model."}
@@ -237,14 +238,15 @@ def train_config_from_args(args, default_learn_rate: str | None = None):
     return TrainConfig.from_json(values)
 
 
-def run_training(args, cfg, train):
-    """Shared by train-embedding and train-hypernetwork: accelerator, workspace, Ctrl-C, printing the result.
+def run_training(args, cfg, train, what: str):
+    """Shared by train-embedding and train-hypernetwork (`what`): the settings checked, accelerator, workspace,
+    Ctrl-C, printing the result.
     `train(workspace, progress, should_stop, accelerator)` runs the loop and returns its TrainResult."""
     from trainer.cli_progress import ConsoleProgress
-    from trainer.training.common import make_accelerator
+    from trainer.training.accelerator import make_accelerator
     from trainer.workspace import best_device
 
-    cfg.validate()
+    cfg.validate(what)
     folders = folders_from_args(args)
     cfg.log_dir = str(folders.resolve(cfg.log_dir)) if str(cfg.log_dir).strip() else cfg.log_dir
     accelerator = make_accelerator(args.device or best_device(), cfg.grad_accum, cfg.mixed_precision)
@@ -261,10 +263,10 @@ def run_training(args, cfg, train):
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
     if accelerator.is_main_process:
-        for warning in result.warnings:
+        for warning in progress.warnings:  # again at the end: the bar may have scrolled them away
             print(f"Warning: {warning}", file=sys.stderr)
         print(result.message)
-    return {"finished": 0, "interrupted": 130}.get(result.status, 1)
+    return {Status.FINISHED: 0, Status.INTERRUPTED: 130}.get(result.status, 1)
 
 
 def cmd_train_embedding(args):
@@ -276,7 +278,7 @@ def cmd_train_embedding(args):
                                should_stop=should_stop, accelerator=accelerator)
 
     cfg = train_config_from_args(args)
-    return run_training(args, cfg, train)
+    return run_training(args, cfg, train, "embedding")
 
 
 def cmd_create_hypernetwork(args):
@@ -303,7 +305,7 @@ def cmd_train_hypernetwork(args):
                                   accelerator=accelerator)
 
     cfg = train_config_from_args(args, DEFAULT_LEARN_RATE)
-    return run_training(args, cfg, train)
+    return run_training(args, cfg, train, "hypernetwork")
 
 
 def cmd_list_embeddings(args):

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 
 from trainer.embeddings.library import load_embeddings_dir
+from common import events
+from common.events import Status
 from common.folders import Folders
 from common.errors import UserError
 from trainer.job import JobRunner
@@ -158,20 +160,15 @@ class Workspace:
             embeddings=self.embedding_vectors(), progress=job.report, should_stop=job.stop.is_set))
 
     def _start_training_job(self, cfg, what: str, train):
-        if not cfg.name:
-            raise UserError(f"Choose an {what} to train (create one in the Create {what} tab)." if what == "embedding"
-                            else f"Choose a {what} to train (create one in the Create {what} tab).")
-        cfg.validate()
+        cfg.validate(what)
         if str(cfg.dataset).strip():
             cfg.dataset = str(self.folders.resolve(cfg.dataset))
         if str(cfg.log_dir).strip():
             cfg.log_dir = str(self.folders.resolve(cfg.log_dir))
         model = self.model
         cfg.model = model.name
-        job = self.runner.start(f"train-{what}", f"Training {what} {cfg.name}", lambda job: train(model, job),
-                                 settings=cfg)
-        job.report({"type": "progress", "max_steps": cfg.steps})  # known before the dataset is ready (HTTP API)
-        return job
+        return self.runner.start(f"train-{what}", f"Training {what} {cfg.name}", lambda job: train(model, job),
+                                 settings=cfg, max_steps=cfg.steps)  # known before the dataset is ready (HTTP API)
 
     def start_preprocess(self, config):
         """Run preprocess.run_preprocess as the background job (image i/N progress, Interrupt after an image)."""
@@ -189,16 +186,19 @@ class Workspace:
         config = validate_config(config)
 
         def work(job):
-            result = run_preprocess(config, progress=lambda e: job.report({"type": "progress", **e}),
-                                    should_stop=job.stop.is_set)
-            lines = [result.summary] + [f"Skipped {s.name}: {s.reason}" for s in result.skipped] + result.warnings
-            return PreprocessOutcome("interrupted" if result.interrupted else "finished", "\n".join(lines), result)
+            result = run_preprocess(config, progress=job.report, should_stop=job.stop.is_set)
+            for skipped in result.skipped:
+                job.report(events.Warning(f"Skipped {skipped.name}: {skipped.reason}"))
+            for warning in result.warnings:
+                job.report(events.Warning(warning))
+            return PreprocessOutcome(Status.INTERRUPTED if result.interrupted else Status.FINISHED, result.summary,
+                                     result)
 
         return self.runner.start("preprocess", "Preprocessing images", work, settings=config)
 
 
 @dataclass
 class PreprocessOutcome:
-    status: str
+    status: Status
     message: str
     result: object

@@ -21,11 +21,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
-from trainer.training.dataset import LATENT_SAMPLING
 from common.errors import UserError
+from common.events import Status
 from trainer.job import JobBusy
 from trainer.sampling.samplers import SAMPLERS
-from trainer.training.config import PreviewSettings, TrainConfig
+from trainer.training.config import LATENT_SAMPLING, PreviewSettings, TrainConfig
 
 from . import api_models as m
 from .api_http import (API_PREFIX, ApiError, BasicAuth, api_error_handler, docs_page, same_origin,
@@ -51,7 +51,7 @@ class TrainingOptions:
 class Outcome:
     """What a create job returns to the job runner."""
 
-    status: str
+    status: Status
     message: str
     path: str
 
@@ -238,7 +238,7 @@ class Api:
         def create(job):
             path = create_embedding_tab.create(self.ws, req.name, req.init_text, req.num_vectors_per_token,
                                                req.overwrite_old)
-            return Outcome("finished", f"Created: {path}", str(path))
+            return Outcome(Status.FINISHED, f"Created: {path}", str(path))
 
         job = self._run_job("create-embedding", f"Creating embedding {req.name}", create)
         return {"info": f"create embedding filename: {job.result.path}"}
@@ -258,7 +258,7 @@ class Api:
                 req.activation_func or "linear", req.weight_init or "Normal", req.add_layer_norm, req.use_dropout,
                 req.dropout_structure if req.dropout_structure is not None else DEFAULT_DROPOUT_STRUCTURE,
                 req.overwrite_old)
-            return Outcome("finished", f"Created: {path}", str(path))
+            return Outcome(Status.FINISHED, f"Created: {path}", str(path))
 
         job = self._run_job("create-hypernetwork", f"Creating hypernetwork {req.name}", create)
         return {"info": f"create hypernetwork filename: {job.result.path}"}
@@ -293,8 +293,6 @@ class Api:
 
     def _train_config(self, req: m.TrainRequest, name, learn_rate, save_every, png_embedding, what, start_step):
         """The TrainConfig for a request, checked before anything runs (each problem a 4xx sentence)."""
-        from trainer.training.common import parse_schedules
-
         template = check_plain_name(req.template_filename, "template_filename")
         if template not in self.ws.templates():
             raise ApiError(404, f"Prompt template '{template}' is not in {self.ws.folders.templates_dir}; choose "
@@ -325,9 +323,9 @@ class Api:
             clip_grad_value=schedule_text(req.clip_grad_value), save_optimizer_state=options.save_optimizer_state,
             word_regex=options.dataset_filename_word_regex, join_string=options.dataset_filename_join_string,
             loss_csv_every=options.training_write_csv_every, preview=preview)
-        try:
-            cfg.validate()
-            parse_schedules(cfg, start_step, what)
+        try:  # the Workspace checks the settings too; the steps left to train only the API knows before starting
+            cfg.validate(what.lower())
+            cfg.schedules(start_step, what.lower())
         except UserError as e:
             raise ApiError(400, str(e)) from None
         return cfg
@@ -335,10 +333,10 @@ class Api:
     def _train_info(self, job, what: str) -> str:
         """The reference's "train embedding complete: filename: ... error: ..." line, made truthful."""
         result = job.result
-        path = getattr(result, "path", None) or ""
-        if job.state == "finished":
+        path = getattr(result, "trained_file", None) or ""
+        if job.state == Status.FINISHED:
             return f"train {what} complete: filename: {path} error: None. {job.message}"
-        if job.state == "interrupted":
+        if job.state == Status.INTERRUPTED:
             return f"train {what} interrupted: filename: {path} error: None. {job.message}"
         return f"train {what} failed: filename: {path} error: {job.error or job.message}"
 
@@ -367,10 +365,11 @@ class Api:
             error_threshold=_or(req.process_multicrop_threshold, defaults.error_threshold),
             caption="blip" if req.process_caption else "")
         job = self._start(lambda: self.ws.start_preprocess(config))
-        if job.state == "finished":
-            return {"info": f"preprocess complete: {job.message}"}
-        if job.state == "interrupted":
-            return {"info": f"preprocess interrupted: {job.message}"}
+        told = "\n".join([job.message, *job.warnings])  # the summary, then each skipped file and warning
+        if job.state == Status.FINISHED:
+            return {"info": f"preprocess complete: {told}"}
+        if job.state == Status.INTERRUPTED:
+            return {"info": f"preprocess interrupted: {told}"}
         return {"info": f"preprocess failed: {job.error or job.message}"}
 
     # --- the shared job ----------------------------------------------------------------------------------
@@ -401,7 +400,7 @@ class Api:
         what = kind.split("-", 1)[1]
         self._refuse_if_busy(f"create {'an' if what[0] in 'aeiou' else 'a'} {what}")
         job = self._start(lambda: self.ws.runner.start(kind, title, work))
-        if job.state != "finished":
+        if job.state != Status.FINISHED:
             raise ApiError(500, job.error or job.message)
         return job
 

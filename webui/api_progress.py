@@ -9,6 +9,8 @@ from contextlib import contextmanager
 
 from PIL.PngImagePlugin import PngInfo
 
+from common.events import Status
+
 
 def png_base64(image, infotext: str | None = None) -> str:
     """A PIL image as base64 PNG text (carrying `infotext` as its `parameters` chunk when given)."""
@@ -62,14 +64,14 @@ def idle_state() -> dict:
 
 def training_textinfo(snap: dict) -> str:
     """The reference's HTML block while training: Loss, Step, last prompt, last saved files."""
-    latest = snap["latest"]
+    step = snap["step"]
     files = snap["saved_files"]
     embedding = next((f for f in files if f.endswith((".pt", ".safetensors"))), "")
     image = next((f for f in files if f.endswith(".png")), "")
     what = "hypernetwork" if snap["kind"] == "train-hypernetwork" else "embedding"
     return ("<p>\n"
-            f"Loss: {latest['loss']:.7f}<br/>\n"
-            f"Step: {latest['step']}<br/>\n"
+            f"Loss: {step.loss:.7f}<br/>\n"
+            f"Step: {step.step}<br/>\n"
             f"Last prompt: {html.escape(snap['last_prompt'])}<br/>\n"
             f"Last saved {what}: {html.escape(embedding)}<br/>\n"
             f"Last saved image: {html.escape(image)}<br/>\n"
@@ -82,14 +84,14 @@ def progress_body(job, generation: dict | None, skip_current_image: bool) -> dic
     if generation is not None:
         state.update(sampling_step=generation["step"], sampling_steps=generation["steps"])
     snap = job.snapshot() if job is not None else None
-    if snap is not None and snap["state"] != "running":
+    if snap is not None and snap["state"] != Status.RUNNING:
         # Like the reference between jobs: nothing counted, the last job's closing words kept.
-        state["interrupted"] = snap["state"] == "interrupted" or job.stop.is_set()
+        state["interrupted"] = snap["state"] == Status.INTERRUPTED or job.stop.is_set()
         snap_text = snap["error"] or snap["message"]
         if generation is None:
             return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None,
                     "textinfo": html.escape(snap_text) if snap_text else None}
-    if snap is not None and snap["state"] == "running":
+    if snap is not None and snap["state"] == Status.RUNNING:
         return _job_progress(job, snap, state, skip_current_image)
     if generation is not None:
         return _generation_progress(generation, state)
@@ -97,13 +99,14 @@ def progress_body(job, generation: dict | None, skip_current_image: bool) -> dic
 
 
 def _job_progress(job, snap: dict, state: dict, skip_current_image: bool) -> dict:
-    latest = snap["latest"]
+    step, progress = snap["step"], snap["progress"]
     if snap["kind"] == "preprocess":
-        count, number = latest.get("total") or -1, latest.get("done", 0)
-        textinfo = html.escape(latest.get("message", "")) or None
+        count, number = (progress.total or -1, progress.done) if progress is not None else (-1, 0)
+        textinfo = html.escape(progress.message if progress is not None else "") or None
     else:
-        count, number = latest.get("max_steps") or -1, latest.get("step", 0)
-        if "loss" in latest:
+        count = snap["max_steps"] or -1
+        number = step.step if step is not None else snap["start_step"] or 0
+        if step is not None:
             textinfo = training_textinfo(snap)
         else:  # preparing the dataset
             textinfo = html.escape(snap["messages"][-1]) if snap["messages"] else "Initializing..."
@@ -111,7 +114,7 @@ def _job_progress(job, snap: dict, state: dict, skip_current_image: bool) -> dic
                  job_timestamp=time.strftime("%Y%m%d%H%M%S", time.localtime(snap["started"])))
     progress = min(1.0, 0.01 + number / count) if count > 0 else 0.01
     elapsed = time.time() - snap["started"]
-    rate = latest.get("it_per_s") or 0.0
+    rate = step.it_per_s if step is not None else 0.0
     if snap["kind"] == "preprocess" and number:
         rate = number / elapsed if elapsed > 0 else 0.0
     eta = (count - number) / rate if rate > 0 and count > 0 else elapsed / progress - elapsed

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.events import Status
+
 MAX_CHART_POINTS = 500  # per series: the chart is re-sent whole, so its size is bounded however long the run
 SERIES_COLORS = {"raw": "#94a3b8", "smoothed": "#f97316", "validation": "#2563eb"}  # a new series adds its colour here
 
@@ -76,37 +78,42 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
+def steps_done(snap: dict) -> int | None:
+    """The optimizer steps a training job has done (None before its loop starts)."""
+    return snap["step"].step if snap["step"] is not None else snap["start_step"]
+
+
 def progress_html(snap: dict | None) -> str:
     """Step/max with a bar, loss, learning rate, it/s, ETA, last prompt and last saved files."""
     if not snap:
         return "<div class='ti-progress'>No job has run yet.</div>"
-    latest = snap["latest"]
-    state = snap["state"]
+    state, step, progress = snap["state"], snap["step"], snap["progress"]
     rows = [f"<b>{html.escape(snap['title'])}</b> &mdash; {html.escape(state)}"]
-    done, total = latest.get("step"), latest.get("max_steps")
     if snap["kind"] == "preprocess":
-        done, total = latest.get("done"), latest.get("total")
-    elif latest.get("type") == "dataset" and state == "running":
-        rows.append(f"Preparing dataset: image {latest.get('done', 0)}/{latest.get('total', 0)}")
+        done, total = (progress.done, progress.total) if progress is not None else (None, None)
+    else:
+        done, total = steps_done(snap), snap["max_steps"]
+        if progress is not None and state == Status.RUNNING:
+            rows.append(f"Preparing dataset: image {progress.done}/{progress.total}")
     if done is not None and total:
         percent = 100.0 * done / total
         rows.append(f"<div class='ti-bar'><div style='width:{percent:.1f}%'></div></div>")
         line = f"Step {done}/{total}" if snap["kind"] != "preprocess" else f"Image {done}/{total}"
-        rate = latest.get("it_per_s") or 0.0
+        rate = step.it_per_s if step is not None else 0.0
         if snap["kind"] == "preprocess":
             elapsed = (snap.get("finished_at") or time.time()) - snap["started"]
             rate = done / elapsed if elapsed > 0 else 0.0
         if rate > 0:
             line += f" &middot; {rate:.2f} it/s"
-            if state == "running":
+            if state == Status.RUNNING:
                 line += f" &middot; ETA {format_duration((total - done) / rate)}"
         rows.append(line)
-    if "loss" in latest:
-        epoch = f"Epoch {latest.get('epoch', 0)}, step {latest.get('epoch_step', 0) + 1}"
-        if latest.get("epoch_len"):
-            epoch += f"/{latest['epoch_len']}"
-        rows.append(f"Loss: {latest['loss']:.6f} &middot; Learning rate: {latest['lr']:.3g} &middot; {epoch}")
-    rows += validation_rows(snap.get("validation") or {})
+    if step is not None:
+        epoch = f"Epoch {step.epoch}, step {step.epoch_step + 1}"
+        if step.epoch_len:
+            epoch += f"/{step.epoch_len}"
+        rows.append(f"Loss: {step.loss:.6f} &middot; Learning rate: {step.lr:.3g} &middot; {epoch}")
+    rows += validation_rows(snap.get("validation"))
     if snap["last_prompt"]:
         rows.append(f"Last prompt: <code>{html.escape(snap['last_prompt'])}</code>")
     if snap["saved_files"]:
@@ -122,21 +129,21 @@ def compact_status(snap: dict | None, kind: str) -> str:
     `kind` is "train" or "preprocess": each subtab shows only its own jobs."""
     if not snap or (snap["kind"] == "preprocess") != (kind == "preprocess"):
         return ""
-    latest, state = snap["latest"], snap["state"]
-    if state == "running":
+    state, step, progress = snap["state"], snap["step"], snap["progress"]
+    if state == Status.RUNNING:
         parts = []
         if snap["kind"] == "preprocess":
-            if latest.get("total"):
-                parts.append(f"Image {latest.get('done', 0)}/{latest['total']}")
-        elif latest.get("type") == "dataset":
-            parts.append(f"Preparing dataset: image {latest.get('done', 0)}/{latest.get('total', 0)}")
-        elif latest.get("max_steps"):
-            parts.append(f"Step {latest.get('step', 0)}/{latest['max_steps']}")
-            if "loss" in latest:
-                parts.append(f"loss {latest['loss']:.4f}")
-            rate = latest.get("it_per_s") or 0.0
-            if rate > 0:
-                parts.append(f"ETA {format_duration((latest['max_steps'] - latest.get('step', 0)) / rate)}")
+            if progress is not None and progress.total:
+                parts.append(f"Image {progress.done}/{progress.total}")
+        elif progress is not None:
+            parts.append(f"Preparing dataset: image {progress.done}/{progress.total}")
+        elif snap["max_steps"]:
+            done = steps_done(snap) or 0
+            parts.append(f"Step {done}/{snap['max_steps']}")
+            if step is not None:
+                parts.append(f"loss {step.loss:.4f}")
+                if step.it_per_s > 0:
+                    parts.append(f"ETA {format_duration((snap['max_steps'] - done) / step.it_per_s)}")
         text = " · ".join(parts) or "starting..."
         return f"<div class='ti-live'>{html.escape(snap['title'])}: {html.escape(text)}</div>"
     if snap["error"]:  # the sentence itself is shown once, in the output column's error box
@@ -177,25 +184,26 @@ class PreviewFiles:
             return [(str(path), caption) for (_, caption), path in keep.items()]
 
 
-def validation_rows(event: dict) -> list:
-    """The latest validation loss and the best so far; for embeddings, the vectors' norms beside the init words'
-    and a typical token's."""
-    if not event:
+def validation_rows(event) -> list:
+    """The latest validation loss and the best so far (an `events.Validated`, or None); for embeddings, the
+    vectors' norms beside the init words' and a typical token's."""
+    if event is None:
         return []
-    rows = [f"Validation loss: {event['val_loss']:.6f} at step {event['step']} &middot; best "
-            f"{event['best_val_loss']:.6f} at step {event['best_step']}"]
-    if "norm_max" in event:
-        rows.append(f"Vector norms: {html.escape(event['norms'])} (mean {event['norm_mean']:.4f}, max "
-                    f"{event['norm_max']:.4f} = {event['max_vs_token']:.2f}&times; a typical token's "
-                    f"{event['token_norm']:.4f}; {'init words' if not event['init_step'] else 'at step ' + str(event['init_step'])} "
-                    f"{event['init_norm_mean']:.4f})")
+    rows = [f"Validation loss: {event.val_loss:.6f} at step {event.step} &middot; best "
+            f"{event.best_val_loss:.6f} at step {event.best_step}"]
+    health = event.health
+    if "norm_max" in health:
+        start = "init words" if not health["init_step"] else f"at step {health['init_step']}"
+        rows.append(f"Vector norms: {html.escape(health['norms'])} (mean {health['norm_mean']:.4f}, max "
+                    f"{health['norm_max']:.4f} = {health['max_vs_token']:.2f}&times; a typical token's "
+                    f"{health['token_norm']:.4f}; {start} {health['init_norm_mean']:.4f})")
     return rows
 
 
 def result_text(snap: dict | None) -> str:
     if not snap:
         return ""
-    if snap["state"] == "running":
+    if snap["state"] == Status.RUNNING:
         return f"{snap['title']}..."
     # a failed run's sentence is in the error box (once); the result box never says something else
     message = "" if snap["error"] else snap["message"]

@@ -62,7 +62,7 @@ def render(ws, view, seen_before=None, steps_hint: int = 20) -> dict:
     now = {"id": snap["id"], "state": snap["state"], "losses": len(snap["losses"]),
            "previews": snap["previews"][-1][1] if snap["previews"] else None,  # the list is capped
            "messages": len(snap["messages"]), "validations": len(snap["validations"]),
-           "done": snap["latest"].get("done"), "prompt": snap["preview_prompt"], "error": snap["error"],
+           "done": snap["progress"] and snap["progress"].done, "prompt": snap["preview_prompt"], "error": snap["error"],
            "chart": old.get("chart", -1), "chart_at": old.get("chart_at", 0.0)}
     due = time.time() - now["chart_at"] >= job_view.chart_interval(now["losses"]) or not running
     drawn = [now["losses"], now["validations"]]  # what the chart shows when it is redrawn now

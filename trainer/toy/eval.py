@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from common import events
+from common.events import Status
 from trainer.embeddings.library import create_embedding, load_embeddings_dir
 from trainer.sampling.txt2img import Txt2ImgParams, txt2img
 from trainer.training.textual_inversion import train_embedding
@@ -126,8 +128,8 @@ def learn_concept(model, concept: Concept, work_dir: Path, templates_dir: Path, 
                       preview_every=0, save_optimizer_state=False, seed=seed)
     step_times = []
     result = train_embedding(model, cfg, embeddings_dir, templates_dir, progress=lambda event: step_times.append(
-        time.perf_counter()) if event.get("type") == "step" else None)
-    if result.status != "finished":
+        time.perf_counter()) if isinstance(event, events.Step) else None)
+    if result.status != Status.FINISHED:
         raise RuntimeError(f"training did not finish: {result.message}")
     seconds = step_times[-1] - step_times[0] if len(step_times) > 1 else 0.0
     return ConceptRun(before, previews_now(), max(0, len(step_times) - 1), seconds)

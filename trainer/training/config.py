@@ -9,6 +9,7 @@ from common.errors import UserError
 
 
 MIXED_PRECISION_CHOICES = ("", "no", "fp16", "bf16")  # "": the device's default
+LATENT_SAMPLING = ("once", "deterministic", "random")
 
 
 @dataclass
@@ -23,6 +24,16 @@ class PreviewSettings:
     seed: int = -1
     width: int = 0  # 0: the training size
     height: int = 0
+
+    def check(self, train_width: int, train_height: int):
+        """UserError sentences for settings txt2img would refuse (a bad one is told before training, not at
+        the first preview). A size of 0 is the training size, which has rules of its own."""
+        from trainer.sampling.txt2img import Txt2ImgParams, validate_params
+
+        validate_params(Txt2ImgParams(prompt=self.prompt, negative_prompt=self.negative_prompt, sampler=self.sampler,
+                                      steps=self.steps, cfg_scale=self.cfg_scale, seed=self.seed,
+                                      width=self.width or train_width or 512,
+                                      height=self.height or train_height or 512))
 
 
 @dataclass
@@ -63,23 +74,30 @@ class TrainConfig:
     preview: PreviewSettings | None = None  # None: the reference's default preview
     model: str = ""  # informational: the checkpoint the settings were made with
 
-    def validate(self):
+    def validate(self, what: str = "embedding"):
+        """Every rule the settings must follow, each with its one sentence (UserError). Called once, where settings
+        come in: the Workspace (the page, the HTTP API) and the CLI. `what`: "embedding" or "hypernetwork"."""
         if not self.name:
-            raise UserError("Choose an embedding to train (create one in the Create embedding tab).")
-        if not str(self.learn_rate).strip():
-            raise UserError("Learning rate is empty; write a number like 0.005 or a schedule like 0.005:100, 1e-3.")
+            article = "an" if what[0] in "aeiou" else "a"
+            raise UserError(f"Choose {article} {what} to train (create one in the Create {what} tab).")
         if self.batch_size < 1:
             raise UserError(f"Batch size must be at least 1, not {self.batch_size}.")
         if self.grad_accum < 1:
             raise UserError(f"Gradient accumulation steps must be at least 1, not {self.grad_accum}.")
         if self.steps < 1:
             raise UserError(f"Max steps must be at least 1, not {self.steps}.")
+        for label, size in (("Width", self.width), ("Height", self.height)):  # 0: the model's native size
+            if size and (not 64 <= size <= 2048 or size % 8):
+                raise UserError(f"{label} must be a multiple of 8 between 64 and 2048, not {size}.")
         if self.save_every < 0 or self.preview_every < 0:
             raise UserError("Save intervals must be 0 (off) or a positive number of steps.")
         if (self.save_every or self.preview_every) and not str(self.log_dir).strip():
-            raise UserError("Set a log directory to save embeddings or images every N steps.")
+            raise UserError(f"Set a log directory to save {what}s or images every N steps.")
         if not 0 <= self.tag_dropout <= 1:
             raise UserError(f"Tag dropout must be between 0 and 1, not {self.tag_dropout}.")
+        if self.latent_sampling not in LATENT_SAMPLING:
+            raise UserError(f"Latent sampling method must be one of {', '.join(LATENT_SAMPLING)}, "
+                            f"not {self.latent_sampling!r}.")
         if self.clip_grad_mode not in ("disabled", "value", "norm"):
             raise UserError(f"Gradient clipping must be disabled, value or norm, not {self.clip_grad_mode!r}.")
         if self.mixed_precision not in MIXED_PRECISION_CHOICES:
@@ -92,6 +110,24 @@ class TrainConfig:
             raise UserError(f"Validation share must be at least 0 and below 1, not {self.validation_split}.")
         if not str(self.dataset).strip():
             raise UserError("Dataset directory is empty; point it at a folder of images.")
+        self.schedules(start_step=0)  # the schedules' syntax, and their steps increasing
+        if self.preview_every and self.preview is not None:
+            self.preview.check(self.width, self.height)
+
+    def schedules(self, start_step: int, what: str = "embedding"):
+        """(learning-rate schedule, clip-value schedule or None) from `start_step` on. UserError sentences for a
+        schedule that makes no sense, and for a run with nothing left to train: max steps reached already, or a
+        schedule that ends before `start_step`."""
+        from trainer.training.schedule import parse_schedule
+
+        lr_schedule = parse_schedule(self.learn_rate, self.steps, start_step, "learning rate")
+        clip_schedule = None
+        if self.clip_grad_mode != "disabled":
+            clip_schedule = parse_schedule(self.clip_grad_value, self.steps, start_step, "gradient clipping")
+        if start_step >= self.steps:
+            raise UserError(f"{what.capitalize()} '{self.name}' already has {start_step} steps, not below max steps "
+                            f"{self.steps}; raise Max steps to train further.")
+        return lr_schedule, clip_schedule
 
     def latent_cache_folder(self):
         """Where encoded images are kept between runs (None: in memory for this run only)."""

@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from common import events
 from common.errors import UserError
 from common.image_files import list_images, read_caption
 from trainer.models.sdxl import vae_precision
+from trainer.training.config import LATENT_SAMPLING  # noqa: F401 - the choices, named where the dataset is
 from trainer.training.latent_cache import CachedLatent, LatentCache, file_digest, vae_identity
 
 LEADING_NUMBERS = re.compile(r"^[-\d]+\s*")
-LATENT_SAMPLING = ("once", "deterministic", "random")
 
 
 @dataclass
@@ -58,6 +59,16 @@ class DatasetReport:
     skipped: list = field(default_factory=list)  # [(file name, reason)]
     buckets: dict = field(default_factory=dict)  # (width, height) -> count
     cached: int = 0  # images whose latents came from the on-disk cache
+
+
+def resolve_template(templates_dir, template: str) -> Path:
+    """The prompt template file: `template` as a path, else by name in the templates folder."""
+    path = Path(template)
+    if not path.is_file():
+        path = Path(templates_dir) / template
+    if not path.is_file():
+        raise UserError(f"Prompt template '{template}' was not found in {templates_dir}.")
+    return path
 
 
 def read_template(path: Path) -> list:
@@ -153,10 +164,6 @@ class TextualInversionDataset:
     def __init__(self, model, folder, width=512, height=512, resize=True, latent_sampling="once",
                  use_alpha_weight=False, word_regex="", join_string=" ", seed=0, progress=None, should_stop=None,
                  cache_dir=None):
-        if latent_sampling not in LATENT_SAMPLING:
-            raise UserError(f"Latent sampling method must be one of {', '.join(LATENT_SAMPLING)}, not {latent_sampling!r}.")
-        if resize and (width % 8 or height % 8 or not 64 <= width <= 2048 or not 64 <= height <= 2048):
-            raise UserError(f"Width and height must be multiples of 8 between 64 and 2048, not {width}x{height}.")
         self.model = model
         self.latent_sampling = latent_sampling
         self.report = DatasetReport()
@@ -197,7 +204,7 @@ class TextualInversionDataset:
                 cache.store(key, entry, path.name)
             self._add(path, filewords_for(path, word_regex, join_string), entry, use_alpha_weight, generator)
             if progress:
-                progress({"type": "dataset", "done": i + 1, "total": len(paths)})
+                progress(events.Progress(i + 1, len(paths)))
         if not self.samples:
             reason = f" ({len(self.report.skipped)} unreadable files)" if self.report.skipped else ""
             raise UserError(f"Dataset directory {folder} has no images to train on{reason}.")
@@ -280,3 +287,20 @@ class TextualInversionDataset:
             weights = torch.stack([s.weight if s.weight is not None else torch.ones_like(s.latent) for s in samples])
         return Batch(torch.stack(latents), weights, [s.filewords for s in samples], [s.path for s in samples],
                      [s.original_size for s in samples], [s.crop for s in samples])
+
+
+def dataset_from_settings(model, cfg, seed: int, emit, should_stop) -> TextualInversionDataset:
+    """The cached-latent dataset of `cfg.dataset`, saying what it does; each skipped file is a Warning."""
+    emit(events.Message(f"Preparing dataset from {cfg.dataset}..."))
+    dataset = TextualInversionDataset(
+        model, cfg.dataset, cfg.width, cfg.height, resize=not cfg.no_resize,
+        latent_sampling=cfg.latent_sampling, use_alpha_weight=cfg.alpha_weight, word_regex=cfg.word_regex,
+        join_string=cfg.join_string, seed=seed, progress=emit, should_stop=should_stop,
+        cache_dir=cfg.latent_cache_folder())
+    for file_name, reason in dataset.report.skipped:
+        emit(events.Warning(f"Skipped {file_name}: {reason}."))
+    cached = (f" ({dataset.report.cached} from the latent cache in {dataset.cache_folder})"
+              if dataset.cache_folder is not None else "")
+    skipped = "".join(f"; skipped {file_name} ({reason})" for file_name, reason in dataset.report.skipped)
+    emit(events.Message(f"Dataset: {len(dataset)} images{cached}{skipped}."))
+    return dataset

@@ -17,24 +17,19 @@ SYNTAX_HELP = ('write a number like "0.005", or rate:step pairs like "0.05:100, 
 
 @dataclass
 class Schedule:
-    """A walk through (value, end_step) pieces; `value_at(step)` is called once per optimizer step, in order."""
+    """A walk through (value, end_step) pieces: `advance(step)` once per optimizer step, in order, moves it on."""
 
     pieces: list  # [(value, end_step), ...]
     index: int = 0
 
     @property
     def value(self) -> float:
+        """The current piece's value (the last piece's once the schedule ran out)."""
         return self.pieces[min(self.index, len(self.pieces) - 1)][0]
 
-    @property
-    def end_step(self) -> int:
-        """The step at which this schedule ends training (its last piece's end)."""
-        return self.pieces[-1][1]
-
-    def value_at(self, step: int):
-        """The value for the optimizer step that starts with `step` steps done; None once the schedule ran out.
-
-        Like the reference, it moves on by at most one piece per step."""
+    def advance(self, step: int):
+        """Move on to the optimizer step that starts with `step` steps done and return its value; None once the
+        schedule ran out. Like the reference, it moves on by at most one piece per call."""
         if self.index >= len(self.pieces):
             return None
         if step >= self.pieces[self.index][1]:

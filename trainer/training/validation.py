@@ -26,7 +26,8 @@ from typing import Callable
 import torch
 
 from trainer.training.dataset import build_prompt
-from trainer.training.common import noise_prediction_loss
+from common import events
+from trainer.training.denoising import noise_prediction_loss
 
 VALIDATION_SEED = 1234567  # fixed: the set never depends on the training seed
 SET_ITEMS = 8  # (image, timestep) pairs per check; sized so a check costs under 5 % of training (bench/)
@@ -96,10 +97,9 @@ def fixed_set_loss(fixed: FixedSet, noise_scheduler, predict, device) -> float:
 
 
 def start_validation(cfg, samples, template_lines, noise_scheduler, model_hash: str, predict, describe, save_best,
-                     log_dir: Path | None, best_file: Path | None, emit, start_step: int, accelerator,
-                     warnings: list):
+                     log_dir: Path | None, best_file: Path | None, emit, start_step: int, accelerator):
     """The run's `Validation`, or None when `cfg.validate_every` is 0. `log_dir`/`best_file` are None on
-    processes that write no files; warnings (vector health) are emitted and added to `warnings`."""
+    processes that write no files."""
     if not cfg.validate_every:
         return None
     fixed = build_fixed_set(samples, template_lines, cfg.name, noise_scheduler.config.num_train_timesteps,
@@ -117,23 +117,22 @@ def start_validation(cfg, samples, template_lines, noise_scheduler, model_hash: 
 
     return Validation(fixed, cfg.validate_every, cfg.early_stop, loss=loss, describe=describe, save_best=save_best,
                       best_file=best_file, csv_path=log_dir / "validation.csv" if log_dir is not None else None,
-                      emit=emit, start_step=start_step, agree=agree, warnings=warnings)
+                      emit=emit, start_step=start_step, agree=agree)
 
 
 class Validation:
     """The checks of one run. `loss()` is the validation loss of the current weights; `describe(state)` adds
-    columns (vector norms...) and may return a warning; `save_best(state, step, path)` writes the best copy to
+    columns (vector norms...) and may return a warning (emitted as `events.Warning`); `save_best(state, step, path)` writes the best copy to
     `best_file`; `csv_path` and `best_file` are None where this process writes no files. `agree(value)` makes
     every data-parallel process use the main process's value, so they all stop at the same step."""
 
     def __init__(self, fixed: FixedSet, every: int, patience: int, loss: Callable, describe: Callable,
                  save_best: Callable, best_file: Path | None, csv_path: Path | None, emit: Callable,
-                 start_step: int, agree: Callable = lambda value: value, warnings: list | None = None):
+                 start_step: int, agree: Callable = lambda value: value):
         self.fixed, self.every, self.patience = fixed, every, patience
         self.loss, self.describe, self.save_best, self.best_file = loss, describe, save_best, best_file
         self.csv_path = csv_path
         self.emit, self.agree, self.start_step = emit, agree, start_step
-        self.warnings = warnings if warnings is not None else []
         self.checked = []  # steps checked in this run
         self.best_step, self.best_loss, self.best_path = None, None, None
         self.stale = 0  # checks since the best improved (the run's first check is the baseline)
@@ -175,11 +174,9 @@ class Validation:
                "best_val_loss": f"{self.best_loss:.7f}", "seconds": f"{seconds:.3f}", "set": self.fixed.fingerprint,
                **columns}
         self._write(row)
-        self.emit({"type": "validation", "step": step, "val_loss": value, "best_step": self.best_step,
-                   "best_val_loss": self.best_loss, "improved": improved, "seconds": seconds, **columns})
+        self.emit(events.Validated(step, value, self.best_step, self.best_loss, improved, seconds, columns))
         if warning:
-            self.warnings.append(warning)
-            self.emit({"type": "message", "text": "Warning: " + warning})
+            self.emit(events.Warning(warning))
         if self.patience and self.stale >= self.patience:
             checks = f"{self.stale} check" + ("s" if self.stale != 1 else "")
             self.stop_reason = (f"validation loss has not improved for {checks} (best {self.best_loss:.6f} at step "
