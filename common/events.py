@@ -83,6 +83,16 @@ class Preview:
 
 
 @dataclass(frozen=True)
+class Sampled:
+    """txt2img finished sampling step `step` of `total` for image `image` of `images` (1-based)."""
+
+    step: int
+    total: int
+    image: int
+    images: int
+
+
+@dataclass(frozen=True)
 class Saved:
     """A copy of what trains was written at `step`."""
 
@@ -114,7 +124,7 @@ class Ended:
     step: int
 
 
-Event = Progress | Started | Step | Validated | Preview | Saved | Message | Warning | Ended
+Event = Progress | Started | Step | Validated | Preview | Sampled | Saved | Message | Warning | Ended
 Report = Callable[[Event], None]
 
 

@@ -81,3 +81,18 @@ def atomic_write_bytes(path, data: bytes, exclusive: bool = False) -> Path:
 def atomic_write_text(path, text: str, exclusive: bool = False) -> Path:
     """`text` as UTF-8 (no BOM)."""
     return atomic_write_bytes(path, text.encode("utf-8"), exclusive=exclusive)
+
+
+def save_png(image, path, infotext: str | None = None, exclusive: bool = False) -> Path:
+    """`image` (a PIL image) as a PNG, atomically; `infotext` goes into its `parameters` text chunk, where the
+    reference webui keeps an image's generation settings. `exclusive`: FileExistsError rather than replacing."""
+    from PIL.PngImagePlugin import PngInfo
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = None
+    if infotext is not None:
+        info = PngInfo()
+        info.add_text("parameters", infotext)  # tEXt, or iTXt when the text is not Latin-1
+    return atomic_write(path, lambda temp: image.save(temp, format="PNG", pnginfo=info, compress_level=4),
+                        exclusive=exclusive)

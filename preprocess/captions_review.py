@@ -24,9 +24,8 @@ from PIL import Image, ImageDraw, ImageOps
 
 from common.image_files import is_dataset_image, read_caption
 from common.errors import UserError
-from common.files import atomic_write_text
+from common.files import atomic_write_text, save_png
 
-from .images import save_png_atomic
 
 THUMBNAIL_SIZE = 256
 THUMBNAIL_FOLDER = "ti-trainer-thumbnails"
@@ -121,7 +120,7 @@ def thumbnail(image: str | Path, size: int = THUMBNAIL_SIZE, cache_dir: str | Pa
         small = _small_copy(path, size)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         small = _placeholder(size)
-    save_png_atomic(small, target)
+    save_png(small, target)
     return target
 
 

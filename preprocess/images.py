@@ -1,11 +1,10 @@
-"""Reading source images and writing outputs.
+"""Reading source images (outputs are written by `common.files.save_png`, atomically).
 
 - `open_image` opens any file Pillow can read, applies the EXIF orientation and returns an 8-bit RGB image,
   or raises `ImageReadError` with a sentence saying why the file was skipped.
 - Transparent pixels are composited on **white** (the reference simply dropped the alpha channel, which turns
   transparent areas into whatever colour happens to be stored under them, often black).
 - 16-bit and 32-bit greyscale ("I;16", "I", "F") are scaled down to 8 bits instead of being clipped.
-- Outputs are written atomically: a temporary file in the destination folder, then `os.replace`.
 """
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from common.files import atomic_write
 
 WHITE = (255, 255, 255)
 
@@ -97,12 +95,6 @@ def cover_crop(image: Image.Image, width: int, height: int) -> Image.Image:
         used = iw * height / width
         box = (0.0, (ih - used) / 2, float(iw), (ih + used) / 2)
     return image.resize((width, height), Image.Resampling.LANCZOS, box=box)
-
-
-def save_png_atomic(image: Image.Image, path: str | Path, exclusive: bool = False) -> Path:
-    """Write `image` as PNG to `path` atomically (temporary file in the same folder, then `os.replace`);
-    `exclusive`: FileExistsError rather than replacing an existing file."""
-    return atomic_write(path, lambda temp: image.save(temp, format="PNG", compress_level=4), exclusive=exclusive)
 
 
 def _pixel_count(exc: Exception) -> str:

@@ -37,13 +37,13 @@ from PIL import Image, ImageOps
 
 from common import events
 from common.errors import UserError
-from common.files import atomic_write_text
+from common.files import atomic_write_text, save_png
 from common.image_files import is_hidden, read_caption
 
 from .autosize import OBJECTIVES, autosize_crop
 from .caption import CAPTION_ACTIONS, DEFAULT_BLIP_DIR, BlipCaptioner, combine_caption
 from .focal import FaceFinder, FocalSettings, find_yunet_model, focal_crop
-from .images import ImageReadError, cover_crop, open_image, save_png_atomic
+from .images import ImageReadError, cover_crop, open_image
 from .split import split_image
 
 DEBUG_FOLDER = "focal-debug"
@@ -330,7 +330,7 @@ class _Writer:
         png = self.dst / f"{basename}.png"
         txt = self.dst / f"{basename}.txt"
         try:
-            save_png_atomic(image, png, exclusive=not self.config.overwrite)
+            save_png(image, png, exclusive=not self.config.overwrite)
             self.result.written.append(png)
             if caption:
                 atomic_write_text(txt, caption, exclusive=not self.config.overwrite)
@@ -351,7 +351,7 @@ class _Writer:
         path = folder / f"{self.index:05}-{subindex}-{self.stem}.png"
         try:
             folder.mkdir(exist_ok=True)
-            save_png_atomic(image, path)
+            save_png(image, path)
         except OSError as exc:
             raise UserError(f"Could not write the debug image {path} ({exc.strerror or exc}).") from None
         self.result.debug_images.append(path)

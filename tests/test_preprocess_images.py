@@ -5,7 +5,8 @@ from PIL import Image
 
 from helpers_preprocess import (cmyk_jpeg, exif_rotated_jpeg, grey16_png, junk_png, palette_png_with_transparency,
                                 photo, rgba_png, truncated_jpeg)
-from preprocess.images import ImageReadError, cover_crop, open_image, save_png_atomic, to_rgb
+from common.files import save_png
+from preprocess.images import ImageReadError, cover_crop, open_image, to_rgb
 from common.image_files import read_caption
 
 
@@ -90,6 +91,6 @@ def test_cover_crop_centres():
 
 
 def test_atomic_save_leaves_no_temp_files(tmp_path):
-    save_png_atomic(photo("coffee"), tmp_path / "x.png")
+    save_png(photo("coffee"), tmp_path / "x.png")
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
     assert Image.open(tmp_path / "x.png").size == (600, 400)

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.models.demo import build_demo_components
 from common.errors import UserError
+from common.files import save_png
+from trainer.models.demo import build_demo_components
 from trainer.models.sd_model import SDModel
 
 from trainer.sampling.txt2img import (
     SAMPLERS, ConditioningPlan, Txt2ImgParams, combine_guidance, format_infotext, read_infotext,
-    save_png_with_infotext, text_at_step, txt2img, validate_params,
+    text_at_step, txt2img, validate_params,
 )
 from trainer.sampling.samplers import make_scheduler
 
@@ -203,8 +204,8 @@ def test_progress_reports_each_step_once(model):
     for sampler in ("Euler a", "Heun", "PLMS"):  # first order, second order (2n-1 UNet calls), PLMS (n+1)
         events = []
         txt2img(model, small(sampler=sampler, steps=3), progress=events.append)
-        assert [e["step"] for e in events] == [1, 2, 3], sampler
-        assert all(e["total"] == 3 and e["image"] == 1 and e["images"] == 1 for e in events)
+        assert [e.step for e in events] == [1, 2, 3], sampler
+        assert all(e.total == 3 and e.image == 1 and e.images == 1 for e in events)
 
 
 def test_stop_returns_the_images_finished_so_far(model):
@@ -232,7 +233,7 @@ def test_infotext_format(model):
 
 def test_infotext_round_trip_through_png(model, tmp_path):
     result = generate(model, prompt="a café, (red:1.2) roses", negative_prompt="bad")
-    path = save_png_with_infotext(result.image, result.infotext, tmp_path / "out" / "00001-123.png")
+    path = save_png(result.image, tmp_path / "out" / "00001-123.png", result.infotext)
     assert read_infotext(path) == result.infotext
     assert result.infotext.startswith("a café, (red:1.2) roses\nNegative prompt: bad\nSteps: 3, ")
     assert "Model hash: demo, Model: demo" in result.infotext

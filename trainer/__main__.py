@@ -29,6 +29,7 @@ from common.cpu_env import add_threads_argument, apply_cpu_defaults, set_threads
 apply_cpu_defaults()  # passive OpenMP waits, huge-page allocations: before anything imports torch
 from common.errors import UserError, with_hint  # noqa: E402
 from common.events import Status  # noqa: E402
+from trainer.training.config import CLIP_GRAD_MODES, LATENT_SAMPLING  # noqa: E402 (imports no torch)
 
 # How this interface names the controls an error's sentence points at (the page names its checkboxes instead).
 CLI_HINTS = {"overwrite": "Pass --overwrite to replace it.", "blip_model": "Or pass its folder with --blip-model."}
@@ -149,8 +150,8 @@ def add_training_arguments(p, default_learn_rate: str):
     p.add_argument("--png-embedding", action=argparse.BooleanOptionalAction)
     p.add_argument("--shuffle-tags", action="store_true")
     p.add_argument("--tag-dropout", type=float)
-    p.add_argument("--latent-sampling", choices=["once", "deterministic", "random"])
-    p.add_argument("--clip-grad-mode", choices=["disabled", "value", "norm"])
+    p.add_argument("--latent-sampling", choices=LATENT_SAMPLING)
+    p.add_argument("--clip-grad-mode", choices=CLIP_GRAD_MODES)
     p.add_argument("--clip-grad-value")
     p.add_argument("--no-optimizer-state", action="store_true", help="do not save/restore the .optim file")
     p.add_argument("--preview-prompt", help="preview prompt (default: the batch's first caption)")
@@ -331,7 +332,8 @@ def cmd_list_embeddings(args):
 
 def cmd_txt2img(args):
     from trainer.prompts.view import embedding_notes
-    from trainer.sampling.txt2img import Txt2ImgParams, save_png_with_infotext, save_txt2img_outputs, txt2img
+    from common.files import save_png
+    from trainer.sampling.txt2img import Txt2ImgParams, save_txt2img_outputs, txt2img
 
     targets = None
     if args.out is not None:  # checked before any work: an existing file is never replaced without --overwrite
@@ -357,7 +359,7 @@ def cmd_txt2img(args):
         paths = []
         for (image, infotext, _), path in zip(results, targets):
             try:
-                paths.append(save_png_with_infotext(image, infotext, path, exclusive=not args.overwrite))
+                paths.append(save_png(image, path, infotext, exclusive=not args.overwrite))
             except FileExistsError:
                 raise UserError(f"{path} appeared while generating; it was kept, pass --overwrite to replace it.") from None
     for path, (_, infotext, _) in zip(paths, results):

@@ -45,12 +45,11 @@ class Generation:
                 with self._state_lock:
                     self._state = None
 
-    def report(self, event: dict):
-        """txt2img's progress callback: dict(step, total, image, images)."""
+    def report(self, event):
+        """txt2img's progress callback (`common.events.Sampled`)."""
         with self._state_lock:
             if self._state is not None:
-                self._state.update(step=event["step"], steps=event["total"], image=event["image"],
-                                   images=event["images"])
+                self._state.update(step=event.step, steps=event.total, image=event.image, images=event.images)
 
     def snapshot(self) -> dict | None:
         with self._state_lock:

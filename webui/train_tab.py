@@ -12,8 +12,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from common.errors import UserError
-from trainer.training.config import PreviewSettings, TrainConfig
-from trainer.training.dataset import LATENT_SAMPLING
+from trainer.training.config import CLIP_GRAD_MODES, LATENT_SAMPLING, PreviewSettings, TrainConfig
 from trainer.training.hypernetwork import DEFAULT_LEARN_RATE as HYPERNETWORK_LEARN_RATE
 
 from .output_column import interrupt_job
@@ -43,7 +42,7 @@ def build(ws) -> SimpleNamespace:
                                                placeholder="Hypernetwork Learning rate",
                                                elem_id="train_hypernetwork_learn_rate", info=SCHEDULE_HINT)
     with gr.Row():
-        c.clip_grad_mode = gr.Dropdown(label="Gradient Clipping", choices=["disabled", "value", "norm"],
+        c.clip_grad_mode = gr.Dropdown(label="Gradient Clipping", choices=list(CLIP_GRAD_MODES),
                                        value=defaults.clip_grad_mode, elem_id="train_clip_grad_mode")
         c.clip_grad_value = gr.Textbox(placeholder="Gradient clip value", value=defaults.clip_grad_value,
                                        show_label=False, elem_id="train_clip_grad_value",

@@ -12,16 +12,16 @@ from .job_view import format_duration
 POLL_SECONDS = 0.25
 
 
-def progress_line(event: dict | None, started: float) -> str:
+def progress_line(event, started: float) -> str:
     """ "Image 1/2 · Step 7/20 · 3.1 it/s · ETA 00:04" for the sampler's last progress event."""
     if not event:
         return "<div class='ti-live'>Preparing the prompt...</div>"
-    total_steps = event["total"] * event["images"]
-    done = (event["image"] - 1) * event["total"] + event["step"]
+    total_steps = event.total * event.images
+    done = (event.image - 1) * event.total + event.step
     elapsed = time.time() - started
-    parts = [f"Step {event['step']}/{event['total']}"]
-    if event["images"] > 1:
-        parts.insert(0, f"Image {event['image']}/{event['images']}")
+    parts = [f"Step {event.step}/{event.total}"]
+    if event.images > 1:
+        parts.insert(0, f"Image {event.image}/{event.images}")
     if elapsed > 0 and done:
         rate = done / elapsed
         parts += [f"{rate:.2f} it/s", f"ETA {format_duration((total_steps - done) / rate)}"]
@@ -43,7 +43,7 @@ def generate(ws, params, stop: threading.Event):
     def work():
         try:
             outcome["results"] = txt2img(ws.model, params, {name: e.vectors for name, e in loaded.items()},
-                                         progress=lambda event: latest.update(event=dict(event)),
+                                         progress=lambda event: latest.update(event=event),
                                          should_stop=stop.is_set, hypernetworks=ws.hypernetwork_library())
         except UserError as e:
             outcome["error"] = str(e)

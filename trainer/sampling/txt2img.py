@@ -23,11 +23,11 @@ from typing import Callable, Mapping, NamedTuple
 
 import torch
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from trainer.prompts.conditioning import PromptEncoder
+from common import events
 from common.errors import UserError
-from common.files import atomic_write
+from common.files import save_png
 from trainer.hypernetworks.attention import apply_hypernetworks, resolve_prompt_hypernetworks
 from trainer.prompts.parser import prompt_schedule, split_and
 from trainer.sampling.samplers import SAMPLERS, make_scheduler, sampler_spec
@@ -241,7 +241,7 @@ def _denoise(model, params, plan, encoded, seed, progress, should_stop, image_in
 
         last_of_step = index + 1 == len(timesteps) or _sampling_step(index + 1, order, params.steps) != step
         if progress is not None and last_of_step:
-            progress(dict(step=step, total=params.steps, image=image_index + 1, images=params.batch_count))
+            progress(events.Sampled(step, params.steps, image_index + 1, params.batch_count))
     return latents
 
 
@@ -352,17 +352,6 @@ def format_infotext(params: Txt2ImgParams, seed: int, model: SDModel | None = No
     return f"{params.prompt}{negative}\n{settings}".strip()
 
 
-def save_png_with_infotext(image: Image.Image, infotext: str, path, exclusive: bool = False) -> Path:
-    """Write `image` as a PNG carrying `infotext` in a `parameters` text chunk, atomically (temp + replace);
-    `exclusive`: FileExistsError rather than replacing an existing file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = PngInfo()
-    info.add_text("parameters", infotext)  # tEXt, or iTXt when the text is not Latin-1
-    atomic_write(path, lambda temp: image.save(temp, format="PNG", pnginfo=info), exclusive=exclusive)
-    return path
-
-
 def read_infotext(path) -> str | None:
     """The `parameters` text of an image file, or None when it has none."""
     with Image.open(path) as image:
@@ -372,7 +361,7 @@ def read_infotext(path) -> str | None:
 
 __all__ = [
     "SAMPLERS", "Txt2ImgParams", "GeneratedImage", "validate_params", "txt2img", "text_at_step",
-    "ConditioningPlan", "combine_guidance", "format_infotext", "save_png_with_infotext", "read_infotext",
+    "ConditioningPlan", "combine_guidance", "format_infotext", "read_infotext",
 ]
 
 
@@ -389,7 +378,7 @@ def save_txt2img_outputs(results, outputs_dir) -> list:
     for image, infotext, seed in results:
         while True:  # another generation (the page, the CLI) may take a number meanwhile: never replace its file
             try:
-                paths.append(save_png_with_infotext(image, infotext, folder / f"{number:05}-{seed}.png",
+                paths.append(save_png(image, folder / f"{number:05}-{seed}.png", infotext,
                                                     exclusive=True))
                 break
             except FileExistsError:

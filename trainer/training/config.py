@@ -10,6 +10,7 @@ from common.errors import UserError
 
 MIXED_PRECISION_CHOICES = ("", "no", "fp16", "bf16")  # "": the device's default
 LATENT_SAMPLING = ("once", "deterministic", "random")
+CLIP_GRAD_MODES = ("disabled", "value", "norm")
 
 
 @dataclass
@@ -98,7 +99,7 @@ class TrainConfig:
         if self.latent_sampling not in LATENT_SAMPLING:
             raise UserError(f"Latent sampling method must be one of {', '.join(LATENT_SAMPLING)}, "
                             f"not {self.latent_sampling!r}.")
-        if self.clip_grad_mode not in ("disabled", "value", "norm"):
+        if self.clip_grad_mode not in CLIP_GRAD_MODES:
             raise UserError(f"Gradient clipping must be disabled, value or norm, not {self.clip_grad_mode!r}.")
         if self.mixed_precision not in MIXED_PRECISION_CHOICES:
             raise UserError(f"Mixed precision must be no, fp16 or bf16, not {self.mixed_precision!r}.")

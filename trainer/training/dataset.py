@@ -19,7 +19,6 @@ from common import events
 from common.errors import UserError
 from common.image_files import list_images, read_caption
 from trainer.models.sdxl import vae_precision
-from trainer.training.config import LATENT_SAMPLING  # noqa: F401 - the choices, named where the dataset is
 from trainer.training.latent_cache import CachedLatent, LatentCache, file_digest, vae_identity
 
 LEADING_NUMBERS = re.compile(r"^[-\d]+\s*")

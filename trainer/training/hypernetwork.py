@@ -32,7 +32,8 @@ from trainer.locks import training_lock
 from trainer.models.precision import training_precision, weights_note
 from trainer.models.sdxl import refuse_sdxl_hypernetwork_training
 from trainer.prompts.conditioning import PromptEncoder
-from trainer.sampling.txt2img import save_png_with_infotext, txt2img
+from common.files import save_png
+from trainer.sampling.txt2img import txt2img
 from trainer.training.accelerator import data_parallel_sentence, make_accelerator, seeded_randomness
 from trainer.training.batches import batch_stream, optimizer_steps_per_epoch
 from trainer.training.config import TrainConfig
@@ -310,5 +311,5 @@ def make_preview(model, cfg: TrainConfig, hypernetwork, step: int, embeddings, h
     source = ChainMap({cfg.name: hypernetwork}, HypernetworkFolder(hypernetwork_dir))
     image, infotext, seed = txt2img(model, params, dict(embeddings or {}), hypernetworks=source)[0]
     path = log_dir / "images" / f"{cfg.name}-{step}.png"
-    save_png_with_infotext(image, infotext, path)
+    save_png(image, path, infotext)
     emit(events.Preview(step, image, params.prompt, seed, (str(path),)))

@@ -24,7 +24,8 @@ from trainer.embeddings.library import (Embedding, load_embeddings_dir, load_opt
 from trainer.locks import training_lock
 from trainer.models.precision import training_precision, weights_note
 from trainer.models.sdxl import batch_time_ids, prompt_encoder_for, size_time_ids, unet_inputs
-from trainer.sampling.txt2img import save_png_with_infotext, txt2img
+from common.files import save_png
+from trainer.sampling.txt2img import txt2img
 from trainer.training.accelerator import data_parallel_sentence, make_accelerator, seeded_randomness
 from trainer.training.batches import batch_stream, optimizer_steps_per_epoch
 from trainer.training.config import TrainConfig
@@ -252,7 +253,7 @@ def make_preview(model, cfg: TrainConfig, embedding: Embedding, others, caption:
     params = preview_params(cfg, caption)
     image, infotext, seed = txt2img(model, params, {**others, embedding.name: embedding.vectors})[0]
     path = log_dir / "images" / f"{embedding.name}-{embedding.step}.png"
-    save_png_with_infotext(image, infotext, path)
+    save_png(image, path, infotext)
     files = [str(path)]
     if cfg.png_embedding:
         chunk_path = log_dir / "image_embeddings" / f"{embedding.name}-{embedding.step}.png"
