@@ -5,10 +5,12 @@ Deterministic from --seed (same seed, same step counts, same thread count: same 
 1. VAE: reconstruction (L1 + MSE) with a tiny KL term, on random 64-pixel crops of 128-pixel world images
    (the VAE is fully convolutional, so crops teach it the same edges and colours for a quarter of the cost).
    Its scaling factor is then set so that the latents of the world have unit standard deviation.
-2. UNet + text encoder (both start random): epsilon prediction with SD 1.x's noise schedule on the cached
-   latents of the world, min-SNR(5) loss weighting, captions drawn fresh each step from several phrasings,
-   sometimes with a part left out or unknown words around them (so prompt templates and unseen words do not
-   derail it), and 10 % empty captions so that classifier-free guidance works.
+2. UNet + text encoder (both start random): epsilon prediction with the demo's noise schedule
+   (trainer/models/demo.py: SCHEDULER_CONFIG) on the latents of the world, captions drawn fresh each step from several
+   phrasings, sometimes with a part left out or unknown words around them (so prompt templates and unseen words
+   do not derail it), and 10 % empty captions so that classifier-free guidance works. The loss is weighted
+   min-SNR(5) at clean timesteps and like an image-space loss (1/SNR, at most 20) at noisy ones: there the
+   picture can only come from the caption, and a plain epsilon loss hardly rewards using it.
 
 After stage 1 the VAE's weights are rounded to float16, as the shipped file stores them, so the UNet learns
 the latents of exactly the VAE that ships. Stage 2 draws from its own seeded generators, so it can be rerun
@@ -103,16 +105,16 @@ def train_caption(scene, rng: random.Random, extra_words: list[str]) -> str:
     if roll < 0.70:
         text = toy_world.caption(scene, rng)
     elif roll < 0.80:
-        text = f"a {c} {s}"
+        text = f"{toy_world.with_article(c)} {s}"
     elif roll < 0.87:
-        text = f"a {s} on a {b} background"
+        text = f"a {s} on {toy_world.with_article(b)} background"
     elif roll < 0.92:
         text = f"a {s}"
     elif roll < 0.96:
         text = f"{c} on {b}"
     else:
-        text = f"a {b} background"
-    if not text.startswith(("a picture", "an image")):
+        text = f"{toy_world.with_article(b)} background"
+    if not text.startswith(("a picture", "an image of")):
         text = rng.choice(PREFIXES) + text
     if rng.random() < 0.25:  # words it never learns: templates like "a dim photo of ..." must not derail it
         noise = " ".join(rng.choice(extra_words) for _ in range(rng.randint(1, 3)))
@@ -178,19 +180,15 @@ def reconstruction_error(vae, images: np.ndarray) -> float:
     return (decoded - x).abs().mean().item() * 127.5
 
 
-def loss_weights(snr: torch.Tensor, focus: bool) -> torch.Tensor:
-    """min-SNR(5) weights of the epsilon loss; with `focus`, noisy timesteps (SNR < 1) are weighted like an
-    image-space loss (1/SNR, at most 20): there the picture can only come from the caption, and a plain
-    epsilon loss hardly rewards using it."""
+def loss_weights(snr: torch.Tensor) -> torch.Tensor:
+    """min-SNR(5) weights of the epsilon loss at clean timesteps; at noisy ones (SNR < 1) the weight of an
+    image-space loss (1/SNR, at most 20), so that following the caption pays."""
     weights = snr.clamp(max=5.0) / snr
-    if focus:
-        weights = torch.where(snr < 1, (1 / snr).clamp(max=20.0), weights)
-    return weights.float()
+    return torch.where(snr < 1, (1 / snr).clamp(max=20.0), weights).float()
 
 
 def train_denoiser(modules, tokenizer, means, stds, scenes, args, log: Log, generator, rng: random.Random,
-                   save, schedule_steps: int, stop: int, peak_lr: float, warmup: int, focus: bool, label: str,
-                   save_every: int):
+                   save, schedule_steps: int, stop: int, peak_lr: float, warmup: int, label: str, save_every: int):
     unet, text_encoder, vae = modules["unet"], modules["text_encoder"], modules["vae"]
     scheduler = DDPMScheduler.from_config(SCHEDULER_CONFIG)
     alphas = scheduler.alphas_cumprod
@@ -216,7 +214,7 @@ def train_denoiser(modules, tokenizer, means, stds, scenes, args, log: Log, gene
             group["lr"] = cosine_lr(step, schedule_steps, peak_lr, warmup)
         context = text_encoder(input_ids=token_ids(tokenizer, captions)).last_hidden_state
         prediction = unet(noisy, timesteps, encoder_hidden_states=context).sample
-        weights = loss_weights(snr[timesteps], focus)
+        weights = loss_weights(snr[timesteps])
         loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -255,23 +253,6 @@ def load_vae(vae, args, log: Log):
     log(f"stage 1 skipped: VAE taken from {args.vae_from} ({meta.get('state')})")
 
 
-def load_stage2(modules, args, stop: int, log: Log) -> float:
-    from safetensors import safe_open
-
-    with safe_open(str(args.unet_from), framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k).float() for k in f.keys()}
-    expected_state = f"checkpoint after {stop} of "
-    if meta.get("seed") != str(args.seed) or not meta.get("state", "").startswith(expected_state) \
-            or meta.get("unet_steps") != str(args.unet_steps):
-        raise SystemExit(f"--unet-from {args.unet_from} does not hold stage 2 after {stop} of {args.unet_steps} "
-                         f"steps with seed {args.seed} ({meta})")
-    for name in ("unet", "text_encoder"):
-        modules[name].load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
-    log(f"stage 2 skipped: UNet and text encoder taken from {args.unet_from} ({meta['state']})")
-    return float(meta["scaling_factor"])
-
-
 def save_weights(modules, path: Path, metadata: dict, log: Log, note: str):
     state = demo_state_dict(modules)
     meta = {k: str(v) for k, v in {**metadata, "state": note}.items()}
@@ -285,31 +266,22 @@ def main():
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/demo-pretrain"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--scenes", type=int, default=16000)
-    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--scenes", type=int, default=12000)
+    parser.add_argument("--vae-steps", type=int, default=800)
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--vae-crop", type=int, default=64)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--kl-weight", type=float, default=1e-4)
-    parser.add_argument("--unet-steps", type=int, default=1600)
+    parser.add_argument("--unet-steps", type=int, default=4000)
     parser.add_argument("--unet-batch", type=int, default=64)
-    parser.add_argument("--unet-lr", type=float, default=6e-4)
-    parser.add_argument("--save-every", type=int, default=200)
-    parser.add_argument("--unet-stop", type=int, default=None, help="end stage 2 after this many steps of its "
-                                                                    "--unet-steps schedule")
-    parser.add_argument("--focus-steps", type=int, default=400)
-    parser.add_argument("--focus-lr", type=float, default=5e-4)
-    parser.add_argument("--focus-scenes", type=int, default=4000)
-    parser.add_argument("--focus-save-every", type=int, default=50)
-    parser.add_argument("--unet-from", type=Path, help="skip stages 1 and 2: take all weights from this file, "
-                                                       "saved by an earlier run after --unet-stop stage-2 steps")
+    parser.add_argument("--unet-lr", type=float, default=1e-3)
+    parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--vae-from", type=Path, help="skip stage 1: take the VAE from this weights file, written "
                                                       "by an earlier run with the same seed and stage-1 settings")
     parser.add_argument("--quick", action="store_true", help="a tiny run that checks the script end to end")
     args = parser.parse_args()
     if args.quick:
         args.scenes, args.vae_steps, args.unet_steps, args.save_every = 256, 20, 20, 10
-        args.focus_steps, args.focus_save_every = 10, 5
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -321,42 +293,29 @@ def main():
     modules = build_demo_modules(args.seed)
     tokenizer = load_tokenizer()
 
-    if args.vae_from or args.unet_from:
-        args.vae_from = args.vae_from or args.unet_from
+    if args.vae_from:
         load_vae(modules["vae"], args, log)
     else:
         train_vae(modules["vae"], images, args, log, generator, np.random.default_rng(args.seed))
         round_to_float16(modules["vae"])
     held_out = make_world(64, args.seed + 1, args.threads)[1]
     log(f"vae reconstruction error on unseen scenes: {reconstruction_error(modules['vae'], held_out):.2f} grey levels")
-    stop = args.unet_stop or args.unet_steps
-    if args.unet_from:  # stage 2 was done by an earlier run: its file has the UNet, text encoder and scale
-        scaling_factor = load_stage2(modules, args, stop, log)
-        images = images[:args.focus_scenes]
     means, stds = encode_world(modules["vae"], images)
     del images
-    if not args.unet_from:
-        latent_std = (means.var() + stds.pow(2).mean()).sqrt().item()
-        scaling_factor = 1.0 / latent_std
-        log(f"encoded the world; latent std {latent_std:.4f}, mean {means.mean().item():.4f}, "
-            f"scaling factor {scaling_factor:.5f}")
+    latent_std = (means.var() + stds.pow(2).mean()).sqrt().item()
+    scaling_factor = 1.0 / latent_std
+    log(f"encoded the world; latent std {latent_std:.4f}, mean {means.mean().item():.4f}, "
+        f"scaling factor {scaling_factor:.5f}")
     modules["vae"].register_to_config(scaling_factor=scaling_factor)
 
     metadata = {"scaling_factor": scaling_factor, "native_size": NATIVE_SIZE, "seed": args.seed,
-                "vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "unet_stop": stop,
-                "focus_steps": args.focus_steps, "scenes": args.scenes, "script": "scripts/pretrain_demo.py"}
+                "vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "scenes": args.scenes,
+                "script": "scripts/pretrain_demo.py"}
     save = lambda note: save_weights(modules, args.out, metadata, log, note)  # noqa: E731
-    if not args.unet_from:
-        train_denoiser(modules, tokenizer, means, stds, scenes, args, log, torch.Generator().manual_seed(args.seed + 2),
-                       random.Random(args.seed), save, args.unet_steps, stop, args.unet_lr, 100, False, "unet",
-                       args.save_every)
-        save(f"checkpoint after {stop} of {stop} unet steps")
-    # Stage 3: the same objective with noisy timesteps weighted up, so that the picture follows the caption.
-    focus = min(args.focus_scenes, len(scenes))
-    train_denoiser(modules, tokenizer, means[:focus], stds[:focus], scenes[:focus], args, log,
-                   torch.Generator().manual_seed(args.seed + 3), random.Random(args.seed + 3), save,
-                   args.focus_steps, args.focus_steps, args.focus_lr, 20, True, "focus", args.focus_save_every)
-    save(f"complete: {stop} unet + {args.focus_steps} focus steps")
+    train_denoiser(modules, tokenizer, means, stds, scenes, args, log, torch.Generator().manual_seed(args.seed + 2),
+                   random.Random(args.seed), save, args.unet_steps, args.unet_steps, args.unet_lr, 100, "unet",
+                   args.save_every)
+    save(f"complete: {args.vae_steps} vae + {args.unet_steps} unet steps")
     (args.work_dir / "summary.json").write_text(json.dumps(
         {"seconds": time.time() - log.start, **metadata}, indent=2))
     log("done")
