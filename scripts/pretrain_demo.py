@@ -5,10 +5,12 @@ Deterministic from --seed (same seed, same step counts, same thread count: same 
 1. VAE: reconstruction (L1 + MSE) with a tiny KL term, on random 64-pixel crops of 128-pixel world images
    (the VAE is fully convolutional, so crops teach it the same edges and colours for a quarter of the cost).
    Its scaling factor is then set so that the latents of the world have unit standard deviation.
-2. UNet + text encoder (both start random): epsilon prediction with SD 1.x's noise schedule on the cached
-   latents of the world, min-SNR(5) loss weighting, captions drawn fresh each step from several phrasings,
-   sometimes with a part left out or unknown words around them (so prompt templates and unseen words do not
-   derail it), and 10 % empty captions so that classifier-free guidance works.
+2. UNet + text encoder (both start random): epsilon prediction with the demo's noise schedule
+   (trainer/models/demo.py: SCHEDULER_CONFIG) on the latents of the world, captions drawn fresh each step from several
+   phrasings, sometimes with a part left out or unknown words around them (so prompt templates and unseen words
+   do not derail it), and 10 % empty captions so that classifier-free guidance works. The loss is weighted
+   min-SNR(5) at clean timesteps and like an image-space loss (1/SNR, at most 20) at noisy ones: there the
+   picture can only come from the caption, and a plain epsilon loss hardly rewards using it.
 
 After stage 1 the VAE's weights are rounded to float16, as the shipped file stores them, so the UNet learns
 the latents of exactly the VAE that ships. Stage 2 draws from its own seeded generators, so it can be rerun
@@ -103,21 +105,62 @@ def train_caption(scene, rng: random.Random, extra_words: list[str]) -> str:
     if roll < 0.70:
         text = toy_world.caption(scene, rng)
     elif roll < 0.80:
-        text = f"a {c} {s}"
+        text = f"{toy_world.with_article(c)} {s}"
     elif roll < 0.87:
-        text = f"a {s} on a {b} background"
+        text = f"a {s} on {toy_world.with_article(b)} background"
     elif roll < 0.92:
         text = f"a {s}"
     elif roll < 0.96:
         text = f"{c} on {b}"
     else:
-        text = f"a {b} background"
-    if not text.startswith(("a picture", "an image")):
+        text = f"{toy_world.with_article(b)} background"
+    if not text.startswith(("a picture", "an image of")):
         text = rng.choice(PREFIXES) + text
     if rng.random() < 0.25:  # words it never learns: templates like "a dim photo of ..." must not derail it
         noise = " ".join(rng.choice(extra_words) for _ in range(rng.randint(1, 3)))
         text = f"{noise} {text}" if rng.random() < 0.5 else f"{text}, {noise}"
     return text
+
+
+NAME_PHRASINGS = ("a picture of {n}", "a photo of a {n}", "a rendering of a {n}", "{n}", "an image of the {n}",
+                  "a drawing of {n}", "a good picture of a {n}", "a {n}")
+# The concept the learning benchmark (bench/ti_learning.py) teaches by textual inversion: no name stands for it.
+BENCHMARK_CONCEPT = ("circle", "orange", "blue")
+
+
+def named_concepts(words: list[str], scenes, count: int, rng: random.Random) -> list[tuple[str, list[int]]]:
+    """`count` made-up names, each a rare CLIP word standing for one whole scene ("a picture of zebulon" = a green
+    triangle on red), with the indices of the world's scenes that show it. They teach the model what textual
+    inversion later asks of it: one word can carry a shape, its colour and the background at once."""
+    by_triple = {}
+    for i, scene in enumerate(scenes):
+        by_triple.setdefault((scene.shape, scene.colour, scene.background), []).append(i)
+    triples = sorted(t for t in by_triple if t != BENCHMARK_CONCEPT)
+    names = rng.sample(words, count)
+    return [(name, by_triple[triple]) for name, triple in zip(names, rng.sample(triples, count))]
+
+
+def world_batches(scenes, rng: random.Random, extra_words: list[str]):
+    """Stage 2's batches: (scene indices, captions) of any scenes, described in words."""
+    def batch(size: int):
+        picks = [rng.randrange(len(scenes)) for _ in range(size)]
+        return picks, [train_caption(scenes[i], rng, extra_words) for i in picks]
+    return batch
+
+
+def named_or_world_batches(scenes, rng: random.Random, extra_words: list[str], names, share: float):
+    """Stage 3's batches: a `share` of the pictures shown under a made-up name, the rest as in stage 2."""
+    def one():
+        if rng.random() >= share:
+            i = rng.randrange(len(scenes))
+            return i, train_caption(scenes[i], rng, extra_words)
+        name, indices = rng.choice(names)
+        return rng.choice(indices), rng.choice(NAME_PHRASINGS).format(n=name)
+
+    def batch(size: int):
+        picks, captions = zip(*(one() for _ in range(size)))
+        return list(picks), list(captions)
+    return batch
 
 
 def token_ids(tokenizer, captions: list[str]) -> torch.Tensor:
@@ -178,25 +221,21 @@ def reconstruction_error(vae, images: np.ndarray) -> float:
     return (decoded - x).abs().mean().item() * 127.5
 
 
-def loss_weights(snr: torch.Tensor, focus: bool) -> torch.Tensor:
-    """min-SNR(5) weights of the epsilon loss; with `focus`, noisy timesteps (SNR < 1) are weighted like an
-    image-space loss (1/SNR, at most 20): there the picture can only come from the caption, and a plain
-    epsilon loss hardly rewards using it."""
+def loss_weights(snr: torch.Tensor) -> torch.Tensor:
+    """min-SNR(5) weights of the epsilon loss at clean timesteps; at noisy ones (SNR < 1) the weight of an
+    image-space loss (1/SNR, at most 20), so that following the caption pays."""
     weights = snr.clamp(max=5.0) / snr
-    if focus:
-        weights = torch.where(snr < 1, (1 / snr).clamp(max=20.0), weights)
-    return weights.float()
+    return torch.where(snr < 1, (1 / snr).clamp(max=20.0), weights).float()
 
 
-def train_denoiser(modules, tokenizer, means, stds, scenes, args, log: Log, generator, rng: random.Random,
-                   save, schedule_steps: int, stop: int, peak_lr: float, warmup: int, focus: bool, label: str,
-                   save_every: int):
+def train_denoiser(modules, tokenizer, means, stds, batches, args, log: Log, generator, save, steps: int,
+                   peak_lr: float, warmup: int, label: str, save_every: int):
+    """Epsilon-prediction training of the UNet and text encoder; `batches(n)` gives n (scene indices, captions)."""
     unet, text_encoder, vae = modules["unet"], modules["text_encoder"], modules["vae"]
     scheduler = DDPMScheduler.from_config(SCHEDULER_CONFIG)
     alphas = scheduler.alphas_cumprod
     snr = alphas / (1 - alphas)
     scale = vae.config.scaling_factor
-    extra_words = unknown_words(tokenizer)
     unet.train().requires_grad_(True)
     text_encoder.train().requires_grad_(True)
     optimizer = torch.optim.AdamW([
@@ -204,30 +243,29 @@ def train_denoiser(modules, tokenizer, means, stds, scenes, args, log: Log, gene
         {"params": text_encoder.parameters(), "weight_decay": 0.0},
     ], lr=peak_lr, betas=(0.9, 0.99))
     started = time.time()
-    for step in range(stop):
-        picks = [rng.randrange(len(scenes)) for _ in range(args.unet_batch)]
-        captions = [train_caption(scenes[i], rng, extra_words) for i in picks]
+    for step in range(steps):
+        picks, captions = batches(args.unet_batch)
         index = torch.tensor(picks)
         latents = (means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)) * scale
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(0, 1000, (args.unet_batch,), generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, schedule_steps, peak_lr, warmup)
+            group["lr"] = cosine_lr(step, steps, peak_lr, warmup)
         context = text_encoder(input_ids=token_ids(tokenizer, captions)).last_hidden_state
         prediction = unet(noisy, timesteps, encoder_hidden_states=context).sample
-        weights = loss_weights(snr[timesteps], focus)
+        weights = loss_weights(snr[timesteps])
         loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
         optimizer.step()
-        if step % 25 == 0 or step == stop - 1:
+        if step % 25 == 0 or step == steps - 1:
             rate = (step + 1) / (time.time() - started)
-            log(f"{label} step {step}/{stop} loss {loss.item():.4f} "
-                f"({rate:.2f} steps/s, ~{(stop - step - 1) / rate / 60:.1f} min left)")
-        if save_every and (step + 1) % save_every == 0 and step + 1 < stop:
-            save(f"checkpoint after {step + 1} of {stop} {label} steps")
+            log(f"{label} step {step}/{steps} loss {loss.item():.4f} "
+                f"({rate:.2f} steps/s, ~{(steps - step - 1) / rate / 60:.1f} min left)")
+        if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
+            save(f"checkpoint after {step + 1} of {steps} {label} steps")
     unet.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
     round_to_float16(unet, text_encoder)
@@ -255,21 +293,27 @@ def load_vae(vae, args, log: Log):
     log(f"stage 1 skipped: VAE taken from {args.vae_from} ({meta.get('state')})")
 
 
-def load_stage2(modules, args, stop: int, log: Log) -> float:
+def load_stage2(modules, args, log: Log) -> float:
+    """Stage 1 and 2's weights from a file an earlier run saved at the end of stage 2 (same settings); returns
+    its VAE scaling factor."""
     from safetensors import safe_open
 
-    with safe_open(str(args.unet_from), framework="pt") as f:
+    with safe_open(str(args.stage2_from), framework="pt") as f:
         meta = f.metadata() or {}
         state = {k: f.get_tensor(k).float() for k in f.keys()}
-    expected_state = f"checkpoint after {stop} of "
-    if meta.get("seed") != str(args.seed) or not meta.get("state", "").startswith(expected_state) \
-            or meta.get("unet_steps") != str(args.unet_steps):
-        raise SystemExit(f"--unet-from {args.unet_from} does not hold stage 2 after {stop} of {args.unet_steps} "
-                         f"steps with seed {args.seed} ({meta})")
-    for name in ("unet", "text_encoder"):
+    expected = {"seed": args.seed, "scenes": args.scenes, "vae_steps": args.vae_steps, "unet_steps": args.unet_steps,
+                "state": stage2_note(args)}
+    if any(meta.get(k) != str(v) for k, v in expected.items()):
+        raise SystemExit(f"--stage2-from {args.stage2_from} was made with other settings ({meta}), not {expected}")
+    for name in ("text_encoder", "unet", "vae"):
         modules[name].load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
-    log(f"stage 2 skipped: UNet and text encoder taken from {args.unet_from} ({meta['state']})")
+        modules[name].eval().requires_grad_(False)
+    log(f"stages 1 and 2 skipped: weights taken from {args.stage2_from}")
     return float(meta["scaling_factor"])
+
+
+def stage2_note(args) -> str:
+    return f"complete: {args.vae_steps} vae + {args.unet_steps} unet steps"
 
 
 def save_weights(modules, path: Path, metadata: dict, log: Log, note: str):
@@ -285,31 +329,29 @@ def main():
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/demo-pretrain"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--scenes", type=int, default=16000)
-    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--scenes", type=int, default=12000)
+    parser.add_argument("--vae-steps", type=int, default=800)
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--vae-crop", type=int, default=64)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--kl-weight", type=float, default=1e-4)
-    parser.add_argument("--unet-steps", type=int, default=1600)
+    parser.add_argument("--unet-steps", type=int, default=4000)
     parser.add_argument("--unet-batch", type=int, default=64)
-    parser.add_argument("--unet-lr", type=float, default=6e-4)
-    parser.add_argument("--save-every", type=int, default=200)
-    parser.add_argument("--unet-stop", type=int, default=None, help="end stage 2 after this many steps of its "
-                                                                    "--unet-steps schedule")
-    parser.add_argument("--focus-steps", type=int, default=400)
-    parser.add_argument("--focus-lr", type=float, default=5e-4)
-    parser.add_argument("--focus-scenes", type=int, default=4000)
-    parser.add_argument("--focus-save-every", type=int, default=50)
-    parser.add_argument("--unet-from", type=Path, help="skip stages 1 and 2: take all weights from this file, "
-                                                       "saved by an earlier run after --unet-stop stage-2 steps")
+    parser.add_argument("--unet-lr", type=float, default=1e-3)
+    parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--name-steps", type=int, default=600, help="stage 3: steps with made-up names")
+    parser.add_argument("--name-lr", type=float, default=3e-4)
+    parser.add_argument("--names", type=int, default=48, help="stage 3: how many made-up names")
+    parser.add_argument("--name-share", type=float, default=0.5, help="stage 3: share of pictures shown by name")
+    parser.add_argument("--stage2-from", type=Path, help="skip stages 1 and 2: take all weights from this file, "
+                                                         "saved by an earlier run at the end of stage 2")
     parser.add_argument("--vae-from", type=Path, help="skip stage 1: take the VAE from this weights file, written "
                                                       "by an earlier run with the same seed and stage-1 settings")
     parser.add_argument("--quick", action="store_true", help="a tiny run that checks the script end to end")
     args = parser.parse_args()
     if args.quick:
         args.scenes, args.vae_steps, args.unet_steps, args.save_every = 256, 20, 20, 10
-        args.focus_steps, args.focus_save_every = 10, 5
+        args.name_steps, args.names = 10, 8
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -321,21 +363,18 @@ def main():
     modules = build_demo_modules(args.seed)
     tokenizer = load_tokenizer()
 
-    if args.vae_from or args.unet_from:
-        args.vae_from = args.vae_from or args.unet_from
+    if args.stage2_from:
+        scaling_factor = load_stage2(modules, args, log)
+    elif args.vae_from:
         load_vae(modules["vae"], args, log)
     else:
         train_vae(modules["vae"], images, args, log, generator, np.random.default_rng(args.seed))
         round_to_float16(modules["vae"])
     held_out = make_world(64, args.seed + 1, args.threads)[1]
     log(f"vae reconstruction error on unseen scenes: {reconstruction_error(modules['vae'], held_out):.2f} grey levels")
-    stop = args.unet_stop or args.unet_steps
-    if args.unet_from:  # stage 2 was done by an earlier run: its file has the UNet, text encoder and scale
-        scaling_factor = load_stage2(modules, args, stop, log)
-        images = images[:args.focus_scenes]
     means, stds = encode_world(modules["vae"], images)
     del images
-    if not args.unet_from:
+    if not args.stage2_from:
         latent_std = (means.var() + stds.pow(2).mean()).sqrt().item()
         scaling_factor = 1.0 / latent_std
         log(f"encoded the world; latent std {latent_std:.4f}, mean {means.mean().item():.4f}, "
@@ -343,20 +382,24 @@ def main():
     modules["vae"].register_to_config(scaling_factor=scaling_factor)
 
     metadata = {"scaling_factor": scaling_factor, "native_size": NATIVE_SIZE, "seed": args.seed,
-                "vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "unet_stop": stop,
-                "focus_steps": args.focus_steps, "scenes": args.scenes, "script": "scripts/pretrain_demo.py"}
+                "vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "scenes": args.scenes,
+                "script": "scripts/pretrain_demo.py"}
     save = lambda note: save_weights(modules, args.out, metadata, log, note)  # noqa: E731
-    if not args.unet_from:
-        train_denoiser(modules, tokenizer, means, stds, scenes, args, log, torch.Generator().manual_seed(args.seed + 2),
-                       random.Random(args.seed), save, args.unet_steps, stop, args.unet_lr, 100, False, "unet",
-                       args.save_every)
-        save(f"checkpoint after {stop} of {stop} unet steps")
-    # Stage 3: the same objective with noisy timesteps weighted up, so that the picture follows the caption.
-    focus = min(args.focus_scenes, len(scenes))
-    train_denoiser(modules, tokenizer, means[:focus], stds[:focus], scenes[:focus], args, log,
-                   torch.Generator().manual_seed(args.seed + 3), random.Random(args.seed + 3), save,
-                   args.focus_steps, args.focus_steps, args.focus_lr, 20, True, "focus", args.focus_save_every)
-    save(f"complete: {stop} unet + {args.focus_steps} focus steps")
+    extra_words = unknown_words(tokenizer)
+    if not args.stage2_from:
+        batches = world_batches(scenes, random.Random(args.seed), extra_words)
+        train_denoiser(modules, tokenizer, means, stds, batches, args, log, torch.Generator().manual_seed(args.seed + 2),
+                       save, args.unet_steps, args.unet_lr, 100, "unet", args.save_every)
+        save(stage2_note(args))
+    # Stage 3: the world as before, and half of the pictures under made-up one-word names.
+    rng = random.Random(args.seed + 3)
+    names = named_concepts(extra_words, scenes, args.names, rng)
+    log("made-up names: " + ", ".join(f"{name}={scenes[indices[0]].describe()}" for name, indices in names))
+    batches = named_or_world_batches(scenes, rng, extra_words, names, args.name_share)
+    metadata.update(name_steps=args.name_steps, names=args.names)
+    train_denoiser(modules, tokenizer, means, stds, batches, args, log, torch.Generator().manual_seed(args.seed + 3),
+                   save, args.name_steps, args.name_lr, 20, "names", args.save_every)
+    save(f"complete: {args.vae_steps} vae + {args.unet_steps} unet + {args.name_steps} name steps")
     (args.work_dir / "summary.json").write_text(json.dumps(
         {"seconds": time.time() - log.start, **metadata}, indent=2))
     log("done")

@@ -93,7 +93,7 @@ def test_sampler_table_keeps_the_noise_schedule_and_picks_the_solver(model):
     assert make_scheduler("PLMS", model.scheduler_config).config.skip_prk_steps
     for name in SAMPLERS:
         scheduler = make_scheduler(name, model.scheduler_config)
-        assert scheduler.config.beta_schedule == "scaled_linear"
+        assert scheduler.config.beta_schedule == model.scheduler_config["beta_schedule"]
         assert scheduler.config.prediction_type == "epsilon"
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from trainer.toy.world import PALETTE, Concept
+from trainer.toy.world import PALETTE, Concept, with_article
 
 _NAMES = tuple(PALETTE)
 _RGB = np.array([PALETTE[n] for n in _NAMES], dtype=np.float32)
@@ -33,7 +33,7 @@ class Verdict:
     def describe(self) -> str:
         if self.shape is None:
             return f"a plain {self.background} picture"
-        return f"a {self.colour} {self.shape} on a {self.background} background"
+        return f"{with_article(self.colour)} {self.shape} on {with_article(self.background)} background"
 
     def shows(self, concept: Concept) -> bool:
         """True when every part the concept names is what the picture shows."""

@@ -35,14 +35,15 @@ NATIVE_SIZE = 128
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SUPERSAMPLE = 4
 
-# Plain-English ways to say one scene; {c} shape colour, {s} shape, {b} background colour.
+# Plain-English ways to say one scene; {c} shape colour, {s} shape, {b} background colour, {a_c} / {a_b} the colour
+# with its article ("a red", "an orange").
 PHRASINGS = (
-    "a {c} {s} on a {b} background",
-    "a picture of a {c} {s} on {b}",
-    "a {c} {s} against a {b} background",
+    "{a_c} {s} on {a_b} background",
+    "a picture of {a_c} {s} on {b}",
+    "{a_c} {s} against {a_b} background",
     "{c} {s}, {b} background",
-    "a {c} {s} on {b}",
-    "an image of a {c} {s} on a {b} background",
+    "{a_c} {s} on {b}",
+    "an image of {a_c} {s} on {a_b} background",
 )
 # Words a concept may contain besides colours and shapes.
 FILLER_WORDS = {"a", "an", "the", "on", "of", "picture", "image", "background", "against", "in", "with", "one",
@@ -59,7 +60,7 @@ class Scene:
     cy: float
 
     def describe(self) -> str:
-        return f"a {self.colour} {self.shape} on a {self.background} background"
+        return f"{with_article(self.colour)} {self.shape} on {with_article(self.background)} background"
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,14 @@ def render(scene: Scene, size: int = NATIVE_SIZE) -> Image.Image:
     return image.resize((size, size), Image.Resampling.LANCZOS)
 
 
+def with_article(word: str) -> str:
+    """"red" -> "a red", "orange" -> "an orange"."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 def caption(scene: Scene, rng: random.Random) -> str:
-    return rng.choice(PHRASINGS).format(c=scene.colour, s=scene.shape, b=scene.background)
+    return rng.choice(PHRASINGS).format(c=scene.colour, s=scene.shape, b=scene.background,
+                                        a_c=with_article(scene.colour), a_b=with_article(scene.background))
 
 
 def known_words_sentence() -> str:
