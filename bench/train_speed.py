@@ -44,7 +44,8 @@ from PIL import Image  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 from common import events  # noqa: E402
-from trainer.models.demo import SCHEDULER_CONFIG, load_clip_tokenizer  # noqa: E402
+from trainer.models.demo import SCHEDULER_CONFIG  # noqa: E402
+from trainer.models.tokenizers import load_tokenizer  # noqa: E402
 from trainer.embeddings.library import create_embedding  # noqa: E402
 from trainer.models.loading import load_model  # noqa: E402
 from trainer.models.sd_model import SDModel  # noqa: E402
@@ -67,7 +68,7 @@ def mid_model() -> SDModel:
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
     for m in (te, unet, vae):
         m.eval().requires_grad_(False)
-    return SDModel("bench-mid", "benchmid00", load_clip_tokenizer(), te, unet, vae, dict(SCHEDULER_CONFIG),
+    return SDModel("bench-mid", "benchmid00", load_tokenizer(), te, unet, vae, dict(SCHEDULER_CONFIG),
                    torch.device("cpu"))
 
 
