@@ -144,7 +144,7 @@ def test_a_refused_checkpoint_keeps_the_model_and_the_sizes(page, tmp_path):
     (page.ws.folders.ckpt_dir / "broken.ckpt").write_bytes(b"not a checkpoint")
     bar = page.bar
     shown = model_bar.switch_checkpoint(page.ws, bar, "broken.ckpt", progress=lambda *a, **k: None)
-    assert shown[bar.checkpoint].value == "demo" and shown[bar.loaded] is None
+    assert shown[bar.checkpoint]["value"] == "demo" and shown[bar.loaded] is None
     assert shown[bar.status].startswith("**Error:**") and shown[bar.status].endswith("demo stays loaded.")
     assert train_tab.follow_model(page.ws, page.tr, None) == gr.skip()  # the Train form keeps its sizes
     assert txt2img_tab.follow_model(page.ws, page.t2i, None) == gr.skip()

@@ -38,8 +38,8 @@ def switch_checkpoint(ws, c, spec, progress=gr.Progress()) -> dict:
     try:
         model = ws.load_model(spec)
     except UserError as e:
-        return {c.checkpoint: gr.Dropdown(value=ws.model_name), c.status: f"**Error:** {e}", c.loaded: None}
-    return {c.checkpoint: gr.Dropdown(value=ws.model_name), c.status: model_caption(ws), c.loaded: model.name}
+        return {c.checkpoint: gr.update(value=ws.model_name), c.status: f"**Error:** {e}", c.loaded: None}
+    return {c.checkpoint: gr.update(value=ws.model_name), c.status: model_caption(ws), c.loaded: model.name}
 
 
 def refresh_checkpoints(ws):
