@@ -12,7 +12,7 @@ then the Spearman rank correlation of validation loss with hit rate (negative = 
 the step of the lowest validation loss and the hit rate there beside the best hit rate of the run; the same
 for the part score (share of shape, colour and background right: partial credit).
 
-Needs trainer.toy.world / toy_judge / toy_eval and the pretrained demo weights (issue 11's branch).
+Needs trainer.toy (world, judge, eval) and the pretrained demo weights.
 """
 import argparse
 import csv
