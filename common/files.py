@@ -88,8 +88,6 @@ def save_png(image, path, infotext: str | None = None, exclusive: bool = False) 
     reference webui keeps an image's generation settings. `exclusive`: FileExistsError rather than replacing."""
     from PIL.PngImagePlugin import PngInfo
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = None
     if infotext is not None:
         info = PngInfo()
