@@ -1,6 +1,6 @@
 """Pretrain the demo model on the toy world (trainer/toy/world.py) and write trainer/assets/demo/demo.safetensors.
 
-Deterministic from --seed (same seed, same step counts, same thread count: same weights). Two stages:
+Deterministic from --seed (same seed, same step counts, same thread count: same weights). Three stages:
 
 1. VAE: reconstruction (L1 + MSE) with a tiny KL term, on random 64-pixel crops of 128-pixel world images
    (the VAE is fully convolutional, so crops teach it the same edges and colours for a quarter of the cost).
@@ -11,6 +11,13 @@ Deterministic from --seed (same seed, same step counts, same thread count: same 
    do not derail it), and 10 % empty captions so that classifier-free guidance works. The loss is weighted
    min-SNR(5) at clean timesteps and like an image-space loss (1/SNR, at most 20) at noisy ones: there the
    picture can only come from the caption, and a plain epsilon loss hardly rewards using it.
+3. One-word codes: as stage 2, but 60 % of the pictures are captioned "a picture of sks" (and other phrasings),
+   with the token embedding of "sks" replaced by the scene's code: the sum of a fixed random direction for its
+   shape, one for its colour and one for its background, each scaled by chance and jittered. Textual inversion
+   asks a frozen model to draw a new concept from one input vector; after stage 2 the input space held only the
+   world's dozen words, and a vector trained from "*" found the background but never the shape. After stage 3 a
+   single vector can say a whole scene, and near-misses mean nearly that scene, so the way there is downhill.
+   The benchmark's concept (an orange circle on blue) never gets a code.
 
 After stage 1 the VAE's weights are rounded to float16, as the shipped file stores them, so the UNet learns
 the latents of exactly the VAE that ships. Stage 2 draws from its own seeded generators, so it can be rerun
@@ -19,6 +26,7 @@ from scratch.
 
 Usage:
     python scripts/pretrain_demo.py [--work-dir /tmp/demo-pretrain] [--quick] [--vae-from FILE]
+                                    [--stage2-from FILE]   # stage 3 only, from a file saved at the end of stage 2
 Progress goes to <work-dir>/log.txt (and stdout); every --save-every UNet steps, and at the end, the weights
 file is rewritten, so an interrupted run still leaves a usable (less trained) model behind.
 """
@@ -42,7 +50,8 @@ from safetensors.torch import save_file  # noqa: E402
 from diffusers import DDPMScheduler  # noqa: E402
 
 from trainer.toy import world as toy_world  # noqa: E402
-from trainer.models.demo import DEMO_WEIGHTS, NATIVE_SIZE, SCHEDULER_CONFIG, build_demo_modules, demo_state_dict  # noqa: E402
+from trainer.models.demo import (DEMO_WEIGHTS, NATIVE_SIZE, SCHEDULER_CONFIG, TEXT_WIDTH, build_demo_modules,
+                                 demo_state_dict)  # noqa: E402
 from trainer.models.tokenizers import load_tokenizer  # noqa: E402
 from common.files import atomic_write  # noqa: E402
 
@@ -122,22 +131,10 @@ def train_caption(scene, rng: random.Random, extra_words: list[str]) -> str:
     return text
 
 
-NAME_PHRASINGS = ("a picture of {n}", "a photo of a {n}", "a rendering of a {n}", "{n}", "an image of the {n}",
+CODE_PHRASINGS = ("a picture of {n}", "a photo of a {n}", "a rendering of a {n}", "{n}", "an image of the {n}",
                   "a drawing of {n}", "a good picture of a {n}", "a {n}")
-# The concept the learning benchmark (bench/ti_learning.py) teaches by textual inversion: no name stands for it.
+# The concept the learning benchmark (bench/ti_learning.py) teaches by textual inversion: no code stands for it.
 BENCHMARK_CONCEPT = ("circle", "orange", "blue")
-
-
-def named_concepts(words: list[str], scenes, count: int, rng: random.Random) -> list[tuple[str, list[int]]]:
-    """`count` made-up names, each a rare CLIP word standing for one whole scene ("a picture of zebulon" = a green
-    triangle on red), with the indices of the world's scenes that show it. They teach the model what textual
-    inversion later asks of it: one word can carry a shape, its colour and the background at once."""
-    by_triple = {}
-    for i, scene in enumerate(scenes):
-        by_triple.setdefault((scene.shape, scene.colour, scene.background), []).append(i)
-    triples = sorted(t for t in by_triple if t != BENCHMARK_CONCEPT)
-    names = rng.sample(words, count)
-    return [(name, by_triple[triple]) for name, triple in zip(names, rng.sample(triples, count))]
 
 
 def world_batches(scenes, rng: random.Random, extra_words: list[str]):
@@ -148,19 +145,76 @@ def world_batches(scenes, rng: random.Random, extra_words: list[str]):
     return batch
 
 
-def named_or_world_batches(scenes, rng: random.Random, extra_words: list[str], names, share: float):
-    """Stage 3's batches: a `share` of the pictures shown under a made-up name, the rest as in stage 2."""
-    def one():
-        if rng.random() >= share:
-            i = rng.randrange(len(scenes))
-            return i, train_caption(scenes[i], rng, extra_words)
-        name, indices = rng.choice(names)
-        return rng.choice(indices), rng.choice(NAME_PHRASINGS).format(n=name)
+# The word whose token embedding stage 3 replaces by a code vector (one CLIP token; any would do).
+CODE_WORD = "sks"
+CODE_PARTS = (("shape", toy_world.SHAPES), ("colour", toy_world.COLOURS), ("background", toy_world.COLOURS))
+# How loud each part of a code is, times --code-spread: the shape's colour covers the fewest pixels, so it gives the
+# weakest training signal, here and in textual inversion; a louder code for it is learned, and found, sooner.
+CODE_LOUDNESS = {"shape": 1.0, "colour": 2.0, "background": 1.0}
+
+
+def code_book(seed: int, spread: float) -> dict:
+    """A fixed random direction in the text encoder's input space for each shape, each shape colour and each
+    background colour (seeded). A scene's code is the sum of its three: one vector that says all of it.
+
+    The default spread, 0.015 per dimension, is the scale of real CLIP token embeddings: textual inversion's
+    default learning rate (0.005, a step of about a third of that) was tuned for it. At 0.05 the trained word
+    found shape and background in 400 steps but still drew orange as yellow; it needed about 1,000."""
+    generator = torch.Generator().manual_seed(seed)
+    return {part: {value: torch.randn(TEXT_WIDTH, generator=generator) * spread * CODE_LOUDNESS[part]
+                   for value in values}
+            for part, values in CODE_PARTS}
+
+
+def scene_code(book: dict, scene, rng: random.Random, generator: torch.Generator, jitter: float) -> torch.Tensor:
+    """The scene's code, each part scaled by a random weight in [0.5, 1.5] and jittered: a code a bit off still
+    means the scene, so the way from any vector to a scene's code is downhill all along."""
+    parts = [book[part][getattr(scene, part)] * rng.uniform(0.5, 1.5) for part, _ in CODE_PARTS]
+    return sum(parts) + torch.randn(TEXT_WIDTH, generator=generator) * jitter
+
+
+def coded_or_world_batches(scenes, rng: random.Random, extra_words: list[str], book: dict, share: float,
+                           generator: torch.Generator, jitter: float):
+    """Stage 3's batches: a `share` of the pictures captioned "a picture of sks" and the like, with the token
+    embedding of "sks" replaced by the scene's code; the rest described in words as in stage 2. The benchmark's
+    concept never gets a code, so textual inversion has to find one for it that the model was never shown."""
+    coded = [i for i, s in enumerate(scenes) if (s.shape, s.colour, s.background) != BENCHMARK_CONCEPT]
 
     def batch(size: int):
-        picks, captions = zip(*(one() for _ in range(size)))
-        return list(picks), list(captions)
+        picks, captions, codes = [], [], []
+        for _ in range(size):
+            if rng.random() >= share:
+                picks.append(rng.randrange(len(scenes)))
+                captions.append(train_caption(scenes[picks[-1]], rng, extra_words))
+                codes.append(None)
+            else:
+                picks.append(rng.choice(coded))
+                captions.append(rng.choice(CODE_PHRASINGS).format(n=CODE_WORD))
+                codes.append(scene_code(book, scenes[picks[-1]], rng, generator, jitter))
+        return picks, captions, codes
     return batch
+
+
+def encode_captions(text_encoder, tokenizer, captions: list[str], codes: list | None) -> torch.Tensor:
+    """The text encoder's output for the captions; where a caption has a code, it stands in for CODE_WORD's
+    token embedding (a forward hook on the embedding layer, removed again at once)."""
+    ids = token_ids(tokenizer, captions)
+    if not codes or all(code is None for code in codes):
+        return text_encoder(input_ids=ids).last_hidden_state
+    code_id = tokenizer(CODE_WORD, add_special_tokens=False).input_ids[0]
+
+    def put_codes(module, inputs, output):
+        output = output.clone()
+        for row, code in enumerate(codes):
+            if code is not None:
+                output[row, ids[row] == code_id] = code.to(output.dtype)
+        return output
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(put_codes)
+    try:
+        return text_encoder(input_ids=ids).last_hidden_state
+    finally:
+        handle.remove()
 
 
 def token_ids(tokenizer, captions: list[str]) -> torch.Tensor:
@@ -230,7 +284,8 @@ def loss_weights(snr: torch.Tensor) -> torch.Tensor:
 
 def train_denoiser(modules, tokenizer, means, stds, batches, args, log: Log, generator, save, steps: int,
                    peak_lr: float, warmup: int, label: str, save_every: int):
-    """Epsilon-prediction training of the UNet and text encoder; `batches(n)` gives n (scene indices, captions)."""
+    """Epsilon-prediction training of the UNet and text encoder; `batches(n)` gives n (scene indices, captions),
+    or (scene indices, captions, codes) in stage 3."""
     unet, text_encoder, vae = modules["unet"], modules["text_encoder"], modules["vae"]
     scheduler = DDPMScheduler.from_config(SCHEDULER_CONFIG)
     alphas = scheduler.alphas_cumprod
@@ -244,7 +299,7 @@ def train_denoiser(modules, tokenizer, means, stds, batches, args, log: Log, gen
     ], lr=peak_lr, betas=(0.9, 0.99))
     started = time.time()
     for step in range(steps):
-        picks, captions = batches(args.unet_batch)
+        picks, captions, *codes = batches(args.unet_batch)
         index = torch.tensor(picks)
         latents = (means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)) * scale
         noise = torch.randn(latents.shape, generator=generator)
@@ -252,7 +307,7 @@ def train_denoiser(modules, tokenizer, means, stds, batches, args, log: Log, gen
         noisy = scheduler.add_noise(latents, noise, timesteps)
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, peak_lr, warmup)
-        context = text_encoder(input_ids=token_ids(tokenizer, captions)).last_hidden_state
+        context = encode_captions(text_encoder, tokenizer, captions, codes[0] if codes else None)
         prediction = unet(noisy, timesteps, encoder_hidden_states=context).sample
         weights = loss_weights(snr[timesteps])
         loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
@@ -339,10 +394,11 @@ def main():
     parser.add_argument("--unet-batch", type=int, default=64)
     parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--save-every", type=int, default=250)
-    parser.add_argument("--name-steps", type=int, default=600, help="stage 3: steps with made-up names")
-    parser.add_argument("--name-lr", type=float, default=3e-4)
-    parser.add_argument("--names", type=int, default=48, help="stage 3: how many made-up names")
-    parser.add_argument("--name-share", type=float, default=0.5, help="stage 3: share of pictures shown by name")
+    parser.add_argument("--code-steps", type=int, default=1500, help="stage 3: steps with one-word codes")
+    parser.add_argument("--code-lr", type=float, default=1e-3)
+    parser.add_argument("--code-share", type=float, default=0.6, help="stage 3: share of pictures shown by code")
+    parser.add_argument("--code-spread", type=float, default=0.015, help="stage 3: std of each code direction")
+    parser.add_argument("--code-jitter", type=float, default=0.006, help="stage 3: std of the noise on a code")
     parser.add_argument("--stage2-from", type=Path, help="skip stages 1 and 2: take all weights from this file, "
                                                          "saved by an earlier run at the end of stage 2")
     parser.add_argument("--vae-from", type=Path, help="skip stage 1: take the VAE from this weights file, written "
@@ -351,7 +407,7 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.scenes, args.vae_steps, args.unet_steps, args.save_every = 256, 20, 20, 10
-        args.name_steps, args.names = 10, 8
+        args.code_steps = 10
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -391,15 +447,16 @@ def main():
         train_denoiser(modules, tokenizer, means, stds, batches, args, log, torch.Generator().manual_seed(args.seed + 2),
                        save, args.unet_steps, args.unet_lr, 100, "unet", args.save_every)
         save(stage2_note(args))
-    # Stage 3: the world as before, and half of the pictures under made-up one-word names.
+    # Stage 3: the world as before, and half of the pictures under a one-word code for the whole scene.
     rng = random.Random(args.seed + 3)
-    names = named_concepts(extra_words, scenes, args.names, rng)
-    log("made-up names: " + ", ".join(f"{name}={scenes[indices[0]].describe()}" for name, indices in names))
-    batches = named_or_world_batches(scenes, rng, extra_words, names, args.name_share)
-    metadata.update(name_steps=args.name_steps, names=args.names)
+    book = code_book(args.seed + 4, args.code_spread)
+    code_noise = torch.Generator().manual_seed(args.seed + 5)
+    batches = coded_or_world_batches(scenes, rng, extra_words, book, args.code_share, code_noise, args.code_jitter)
+    metadata.update(code_steps=args.code_steps, code_lr=args.code_lr, code_share=args.code_share,
+                    code_spread=args.code_spread, code_jitter=args.code_jitter)
     train_denoiser(modules, tokenizer, means, stds, batches, args, log, torch.Generator().manual_seed(args.seed + 3),
-                   save, args.name_steps, args.name_lr, 20, "names", args.save_every)
-    save(f"complete: {args.vae_steps} vae + {args.unet_steps} unet + {args.name_steps} name steps")
+                   save, args.code_steps, args.code_lr, 20, "codes", args.save_every)
+    save(f"complete: {args.vae_steps} vae + {args.unet_steps} unet + {args.code_steps} code steps")
     (args.work_dir / "summary.json").write_text(json.dumps(
         {"seconds": time.time() - log.start, **metadata}, indent=2))
     log("done")
