@@ -50,8 +50,8 @@ from safetensors.torch import save_file  # noqa: E402
 from diffusers import DDPMScheduler  # noqa: E402
 
 from trainer.toy import world as toy_world  # noqa: E402
-from trainer.models.demo import (DEMO_WEIGHTS, NATIVE_SIZE, SCHEDULER_CONFIG, TEXT_WIDTH, build_demo_modules,
-                                 demo_state_dict)  # noqa: E402
+from trainer.models.demo import (DEMO_WEIGHTS, NATIVE_SIZE, SCHEDULER_CONFIG, TEXT_WIDTH,  # noqa: E402
+                                 build_demo_modules, demo_state_dict)
 from trainer.models.tokenizers import load_tokenizer  # noqa: E402
 from common.files import atomic_write  # noqa: E402
 
@@ -447,7 +447,7 @@ def main():
         train_denoiser(modules, tokenizer, means, stds, batches, args, log, torch.Generator().manual_seed(args.seed + 2),
                        save, args.unet_steps, args.unet_lr, 100, "unet", args.save_every)
         save(stage2_note(args))
-    # Stage 3: the world as before, and half of the pictures under a one-word code for the whole scene.
+    # Stage 3: the world as before, and a share (--code-share) of the pictures under a one-word code for the scene.
     rng = random.Random(args.seed + 3)
     book = code_book(args.seed + 4, args.code_spread)
     code_noise = torch.Generator().manual_seed(args.seed + 5)
