@@ -138,10 +138,10 @@ BENCHMARK_CONCEPT = ("circle", "orange", "blue")
 
 
 def world_batches(scenes, rng: random.Random, extra_words: list[str]):
-    """Stage 2's batches: (scene indices, captions) of any scenes, described in words."""
+    """Stage 2's batches: (scene indices, captions, no codes) of any scenes, described in words."""
     def batch(size: int):
         picks = [rng.randrange(len(scenes)) for _ in range(size)]
-        return picks, [train_caption(scenes[i], rng, extra_words) for i in picks]
+        return picks, [train_caption(scenes[i], rng, extra_words) for i in picks], None  # no codes
     return batch
 
 
@@ -284,8 +284,8 @@ def loss_weights(snr: torch.Tensor) -> torch.Tensor:
 
 def train_denoiser(modules, tokenizer, means, stds, batches, args, log: Log, generator, save, steps: int,
                    peak_lr: float, warmup: int, label: str, save_every: int):
-    """Epsilon-prediction training of the UNet and text encoder; `batches(n)` gives n (scene indices, captions),
-    or (scene indices, captions, codes) in stage 3."""
+    """Epsilon-prediction training of the UNet and text encoder; `batches(n)` gives n scene indices, their captions
+    and their codes (None: captions alone, as in stage 2)."""
     unet, text_encoder, vae = modules["unet"], modules["text_encoder"], modules["vae"]
     scheduler = DDPMScheduler.from_config(SCHEDULER_CONFIG)
     alphas = scheduler.alphas_cumprod
@@ -299,7 +299,7 @@ def train_denoiser(modules, tokenizer, means, stds, batches, args, log: Log, gen
     ], lr=peak_lr, betas=(0.9, 0.99))
     started = time.time()
     for step in range(steps):
-        picks, captions, *codes = batches(args.unet_batch)
+        picks, captions, codes = batches(args.unet_batch)
         index = torch.tensor(picks)
         latents = (means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)) * scale
         noise = torch.randn(latents.shape, generator=generator)
@@ -307,7 +307,7 @@ def train_denoiser(modules, tokenizer, means, stds, batches, args, log: Log, gen
         noisy = scheduler.add_noise(latents, noise, timesteps)
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, peak_lr, warmup)
-        context = encode_captions(text_encoder, tokenizer, captions, codes[0] if codes else None)
+        context = encode_captions(text_encoder, tokenizer, captions, codes)
         prediction = unet(noisy, timesteps, encoder_hidden_states=context).sample
         weights = loss_weights(snr[timesteps])
         loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
