@@ -11,6 +11,7 @@ closer than the median are the ones a model drawing under diffusion noise confus
 import argparse
 import itertools
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ def main():
         vae = build_demo_modules(0)["vae"]
         settings = argparse.Namespace(vae_lr=1e-3, vae_steps=args.steps, vae_batch=16, vae_crop=64, kl_weight=1e-4,
                                       vae_colour=args.vae_colour)
-        P.train_vae(vae, images, settings, P.Log(Path("/tmp/vae_colours.log")), torch.Generator().manual_seed(0),
+        P.train_vae(vae, images, settings, P.Log(Path(tempfile.gettempdir()) / "vae_colours.log"), torch.Generator().manual_seed(0),
                     np.random.default_rng(0))
         P.round_to_float16(vae)
     unseen, pictures = P.make_world(64, 1, 2)

@@ -29,7 +29,7 @@ from scratch.
 
 Usage:
     python scripts/pretrain_demo.py [--work-dir /tmp/demo-pretrain] [--quick] [--vae-from FILE]
-                                    [--stage2-from FILE]   # stage 3 only, from a file saved at the end of stage 2
+                                    [--stage2-from FILE]   # stage 3 only, from <work-dir>/stage2.safetensors of a full run
 Progress goes to <work-dir>/log.txt (and stdout); every --save-every UNet steps, and at the end, the weights
 file is rewritten, so an interrupted run still leaves a usable (less trained) model behind.
 """
@@ -279,7 +279,7 @@ def colour_distance_loss(latents: torch.Tensor, pixels: torch.Tensor, generator:
     """How differently the latents and the pictures' colours spread things out: for random pairs of latent pixels,
     their distance (over its mean) against the CIELAB distance of the 8x8 patches they stand for (over its
     mean). Reconstruction alone puts 99 % of the latent variance on one axis (brightness, roughly), where
-    yellow and orange lie 0.54 apart (scaled latent units; median pair 2.3), closer than the diffusion noise lets
+    yellow and orange lie 0.54 apart (scaled latent units; median pair 2.2), closer than the diffusion noise lets
     a model tell apart, and the shipped demo mixes them.
 
     Tried in session 5 (--vae-colour 0.5, notes/session5/issue-11.md): yellow-orange 1.22 apart, reconstruction
