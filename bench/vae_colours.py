@@ -9,7 +9,6 @@ and the closest pairs of palette colours in scaled latent units (the latents the
 closer than the median are the ones a model drawing under diffusion noise confuses. About 4.5 minutes on 2 cores.
 """
 import argparse
-import itertools
 import sys
 import tempfile
 from pathlib import Path
@@ -42,8 +41,8 @@ def main():
         vae = build_demo_modules(0)["vae"]
         settings = argparse.Namespace(vae_lr=1e-3, vae_steps=args.steps, vae_batch=16, vae_crop=64, kl_weight=1e-4,
                                       vae_colour=args.vae_colour)
-        P.train_vae(vae, images, settings, P.Log(Path(tempfile.gettempdir()) / "vae_colours.log"), torch.Generator().manual_seed(0),
-                    np.random.default_rng(0))
+        log = P.Log(Path(tempfile.gettempdir()) / "vae_colours.log")
+        P.train_vae(vae, images, settings, log, torch.Generator().manual_seed(0), np.random.default_rng(0))
         P.round_to_float16(vae)
     unseen, pictures = P.make_world(64, 1, 2)
     with torch.no_grad():
@@ -56,14 +55,9 @@ def main():
           f"the judge names the shape of {shapes:.0%} and the colour of {colours:.0%}")
     means, stds = P.encode_world(vae, images[:1000])
     scale = 1 / (means.var() + stds.pow(2).mean()).sqrt().item()
-    axes = torch.linalg.eigvalsh(torch.cov(means.permute(0, 2, 3, 1).reshape(-1, 4).T)).flip(0) * scale ** 2
-    print("latent variance by principal axis (scaled): " + ", ".join(f"{v:.3f}" for v in axes.tolist()))
-    names = list(P.toy_world.PALETTE)
-    flat = np.stack([np.full((64, 64, 3), P.toy_world.PALETTE[n], dtype=np.uint8) for n in names])
-    with torch.no_grad():
-        points = vae.encode(P.to_tensor(flat)).latent_dist.mean[:, :, 4, 4] * scale
-    distances = torch.cdist(points, points)
-    pairs = sorted((distances[i, j].item(), f"{names[i]}-{names[j]}") for i, j in itertools.combinations(range(8), 2))
+    print("latent variance by principal axis (scaled): "
+          + ", ".join(f"{v * scale ** 2:.3f}" for v in P.latent_axes(means)))
+    pairs = P.palette_distances(vae, scale)
     print("closest palette colours: " + ", ".join(f"{pair} {d:.2f}" for d, pair in pairs[:6])
           + f"; median pair {np.median([d for d, _ in pairs]):.2f}")
 

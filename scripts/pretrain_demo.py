@@ -29,7 +29,7 @@ from scratch.
 
 Usage:
     python scripts/pretrain_demo.py [--work-dir /tmp/demo-pretrain] [--quick] [--vae-from FILE]
-                                    [--stage2-from FILE]   # stage 3 only, from <work-dir>/stage2.safetensors of a full run
+                                    [--stage2-from FILE]   # stage 3 only, from a full run's <work-dir>/stage2.safetensors
 Progress goes to <work-dir>/log.txt (and stdout); every --save-every UNet steps, and at the end, the weights
 file is rewritten, so an interrupted run still leaves a usable (less trained) model behind.
 """
@@ -295,14 +295,21 @@ def colour_distance_loss(latents: torch.Tensor, pixels: torch.Tensor, generator:
 
 
 @torch.no_grad()
-def colour_separation(vae, scale: float) -> tuple[float, str]:
-    """The smallest distance between two palette colours' latents (scaled, as the UNet sees them), and the pair."""
+def palette_distances(vae, scale: float) -> list[tuple[float, str]]:
+    """The distance between every two palette colours' latents (scaled, as the UNet sees them), closest first:
+    [(0.54, "yellow-orange"), ...]."""
     names = list(toy_world.PALETTE)
     flat = np.stack([np.full((64, 64, 3), toy_world.PALETTE[n], dtype=np.uint8) for n in names])
     points = vae.encode(to_tensor(flat)).latent_dist.mean[:, :, 4, 4] * scale  # away from the padded edges
-    distances = torch.cdist(points, points) + torch.eye(len(names)) * 1e9
-    i, j = divmod(int(distances.argmin()), len(names))
-    return distances[i, j].item(), f"{names[i]}-{names[j]}"
+    distances = torch.cdist(points, points)
+    return sorted((distances[i, j].item(), f"{names[i]}-{names[j]}")
+                  for i in range(len(names)) for j in range(i + 1, len(names)))
+
+
+def latent_axes(means: torch.Tensor) -> list[float]:
+    """The variance of latent pixels [n, channels, h, w] along each principal axis, largest first."""
+    flat = means.permute(0, 2, 3, 1).reshape(-1, means.shape[1])
+    return torch.linalg.eigvalsh(torch.cov(flat.T)).flip(0).tolist()
 
 
 @torch.no_grad()
@@ -492,9 +499,8 @@ def main():
         scaling_factor = 1.0 / latent_std
         log(f"encoded the world; latent std {latent_std:.4f}, mean {means.mean().item():.4f}, "
             f"scaling factor {scaling_factor:.5f}")
-    variances = torch.linalg.eigvalsh(torch.cov(means.permute(0, 2, 3, 1).reshape(-1, means.shape[1]).T))
-    nearest, pair = colour_separation(modules["vae"], scaling_factor)
-    log(f"latent variance by principal axis: {', '.join(f'{v:.3f}' for v in variances.flip(0).tolist())}; "
+    nearest, pair = palette_distances(modules["vae"], scaling_factor)[0]
+    log(f"latent variance by principal axis: {', '.join(f'{v:.3f}' for v in latent_axes(means))}; "
         f"closest palette colours {pair} at {nearest:.2f} (scaled latent units)")
     modules["vae"].register_to_config(scaling_factor=scaling_factor)
 
