@@ -29,7 +29,7 @@ from scratch.
 
 Usage:
     python scripts/pretrain_demo.py [--work-dir /tmp/demo-pretrain] [--quick] [--vae-from FILE]
-                                    [--stage2-from FILE]   # stage 3 only, from a full run's <work-dir>/stage2.safetensors
+                                    [--stage2-from FILE]   # stage 3 only: <work-dir>/stage2.safetensors
 Progress goes to <work-dir>/log.txt (and stdout); every --save-every UNet steps, and at the end, the weights
 file is rewritten, so an interrupted run still leaves a usable (less trained) model behind.
 """
