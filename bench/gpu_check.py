@@ -1,6 +1,6 @@
-"""GPU check: SD 1.5 textual inversion at 512 px, batch 1 - seconds per step and peak VRAM per precision setting.
+"""GPU check: SD 1.5 textual inversion at 512 px - seconds per step and peak VRAM per precision setting.
 
-    python bench/gpu_check.py [--checkpoint PATH] [--steps 50] [--size 512]
+    python bench/gpu_check.py [--checkpoint PATH] [--steps 50] [--size 512] [--batch 1]
     python bench/gpu_check.py --smoke        # a tiny SD-shaped model on the CPU: checks the script itself
 
 Without --checkpoint the weights are SD 1.5-shaped (the shipped config trainer/assets/configs/sd1, randomly
@@ -9,8 +9,9 @@ initialised on the GPU: same shapes, same compute, same memory as the real model
 photos under each setting in turn - fp16 with and without gradient checkpointing, the frozen-fp32 setting
 (mixed precision "no") with and without, and bf16 where the GPU has it - so their ratios hold. For each it
 prints s/step (the mean after 3 warm-up steps) and the peak VRAM of the training steps
-(`torch.cuda.max_memory_allocated`, reset when the loop starts: after the latents are cached and the frozen
-weights are cast), plus the weights resident when the loop began. Target: <= 6 GB with checkpointing.
+(`torch.cuda.max_memory_allocated`, reset when the loop starts - after the latents are cached and the frozen
+weights are cast - and read at each step, so the fp32 weights coming back after the loop do not count), plus
+the weights resident when the loop began. Target: <= 6 GB with checkpointing.
 With --smoke the memory column is the process's peak RSS (it only proves the script runs).
 """
 import argparse
@@ -85,8 +86,10 @@ def make_photos(folder: Path, size: int, count: int = 4):
     from skimage import data
 
     folder.mkdir(parents=True, exist_ok=True)
-    for i, array in enumerate([data.astronaut(), data.coffee(), data.chelsea(), data.rocket()][:count]):
-        Image.fromarray(np.asarray(array)).convert("RGB").resize((size, size)).save(folder / f"{i:05}-photo.png")
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    for i in range(count):  # past four photos, their mirror images and so on
+        image = Image.fromarray(np.asarray(photos[i % 4])).convert("RGB").resize((size, size))
+        (image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if i // 4 % 2 else image).save(folder / f"{i:05}-photo.png")
 
 
 def settings_for(device: str) -> list:
@@ -105,8 +108,9 @@ def peak_memory(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run_setting(model, work: Path, size: int, steps: int, precision: str, checkpointing: bool, device: str):
-    times, resident = [], []
+def run_setting(model, work: Path, size: int, steps: int, precision: str, checkpointing: bool, device: str,
+                batch: int = 1):
+    times, resident, peaks = [], [], []
 
     def progress(event):
         if isinstance(event, events.Started) and device == "cuda":
@@ -117,17 +121,19 @@ def run_setting(model, work: Path, size: int, steps: int, precision: str, checkp
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter())
+            peaks.append(peak_memory(device))
 
     name = f"check-{precision}-{int(checkpointing)}"
     create_embedding(model.tokenizer, model.text_encoder, name, init_text="photo", num_vectors=4,
                      embeddings_dir=work / "emb", overwrite=True)
     cfg = TrainConfig(name=name, dataset=str(work / "data"), log_dir=str(work / "logs"), width=size, height=size,
                       steps=steps + 3, save_every=0, preview_every=0, template="subject_filewords.txt",
-                      save_optimizer_state=False, seed=0, mixed_precision=precision,
+                      save_optimizer_state=False, seed=0, mixed_precision=precision, batch_size=batch,
                       gradient_checkpointing=checkpointing, learn_rate="0.005")
     result = train_embedding(model, cfg, work / "emb", TEMPLATES, progress=progress)
-    per_step = (times[-1] - times[3]) / (len(times) - 4) if len(times) > 4 else float("nan")
-    return result, per_step, peak_memory(device), resident[0] if resident else float("nan")
+    timed = len(times) - 4
+    per_step = (times[-1] - times[3]) / timed if timed > 0 else float("nan")
+    return result, per_step, max(peaks, default=float("nan")), resident[0] if resident else float("nan")
 
 
 def main(argv=None) -> int:
@@ -136,6 +142,7 @@ def main(argv=None) -> int:
                                              "SD 1.5-shaped random weights")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, to test this script")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -151,17 +158,17 @@ def main(argv=None) -> int:
     gpu = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     params = sum(p.numel() for p in model.unet.parameters()) / 1e6
     print(f"{gpu}; torch {torch.__version__}; model {model.name} (UNet {params:.0f}M parameters); "
-          f"{size} px, batch 1, {args.steps} timed steps after 3 warm-up steps")
+          f"{size} px, batch {args.batch}, {args.steps} timed steps after 3 warm-up steps")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        make_photos(work / "data", size)
+        make_photos(work / "data", size, max(4, args.batch))
         run_setting(model, work, size, 1, "no", False, device)  # fills the latent cache: no VAE in the timings
         print(f"{'mixed precision':>15} {'checkpointing':>13} {'s/step':>8} {'peak GiB':>9} {'weights GiB':>11}"
               "  status")
         rows = []
         for precision, checkpointing in settings_for(device):
             result, per_step, peak, resident = run_setting(model, work, size, args.steps, precision, checkpointing,
-                                                           device)
+                                                           device, args.batch)
             rows.append((precision, checkpointing, per_step, peak))
             weights = f"{resident:11.2f}" if resident == resident else f"{'-':>11}"  # (nan off CUDA)
             print(f"{precision:>15} {'on' if checkpointing else 'off':>13} {per_step:8.3f} {peak:9.2f} "

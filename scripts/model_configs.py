@@ -23,7 +23,6 @@ padding with "!") and passes them in.
 Called by scripts/make_model_assets.py; ``python scripts/model_configs.py DEST`` also works alone.
 """
 import json
-import sys
 from pathlib import Path
 
 DIFFUSERS_VERSION = "0.42.0"
@@ -278,4 +277,9 @@ def write_config_folders(dest: Path) -> None:
 
 
 if __name__ == "__main__":
-    write_config_folders(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("configs"))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dest", nargs="?", type=Path, default=Path("configs"),
+                        help="folder to write <family>/... into (default: ./configs)")
+    write_config_folders(parser.parse_args().dest)

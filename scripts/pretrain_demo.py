@@ -201,7 +201,7 @@ def coded_or_world_batches(scenes, rng: random.Random, extra_words: list[str], b
 def encode_captions(text_encoder, tokenizer, captions: list[str], codes: list | None) -> torch.Tensor:
     """The text encoder's output for the captions; where a caption has a code, it stands in for CODE_WORD's
     token embedding (a forward hook on the embedding layer, removed again at once)."""
-    ids = token_ids(tokenizer, captions)
+    ids = token_ids(tokenizer, captions).to(text_encoder.device)
     if not codes or all(code is None for code in codes):
         return text_encoder(input_ids=ids).last_hidden_state
     code_id = tokenizer(CODE_WORD, add_special_tokens=False).input_ids[0]
@@ -210,7 +210,7 @@ def encode_captions(text_encoder, tokenizer, captions: list[str], codes: list | 
         output = output.clone()
         for row, code in enumerate(codes):
             if code is not None:
-                output[row, ids[row] == code_id] = code.to(output.dtype)
+                output[row, ids[row] == code_id] = code.to(output.device, output.dtype)
         return output
 
     handle = text_encoder.get_input_embeddings().register_forward_hook(put_codes)
@@ -243,7 +243,7 @@ def train_vae(vae, images: np.ndarray, args, log: Log, generator: torch.Generato
         tops = rng.integers(0, NATIVE_SIZE - crop + 1, args.vae_batch) // 8 * 8
         lefts = rng.integers(0, NATIVE_SIZE - crop + 1, args.vae_batch) // 8 * 8
         batch = np.stack([images[i, t:t + crop, l:l + crop] for i, t, l in zip(picks, tops, lefts)])
-        x = to_tensor(batch)
+        x = to_tensor(batch).to(args.device)
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, args.vae_steps, args.vae_lr, 50)
         posterior = vae.encode(x).latent_dist
@@ -269,7 +269,7 @@ def lab(rgb: torch.Tensor) -> torch.Tensor:
     linear = torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
     to_xyz = torch.tensor([[0.4124 / 0.95047, 0.3576 / 0.95047, 0.1805 / 0.95047],
                            [0.2126, 0.7152, 0.0722],
-                           [0.0193 / 1.08883, 0.1192 / 1.08883, 0.9505 / 1.08883]])
+                           [0.0193 / 1.08883, 0.1192 / 1.08883, 0.9505 / 1.08883]], device=rgb.device)
     xyz = torch.einsum("ij,nj...->ni...", to_xyz, linear)
     f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-6) ** (1 / 3), 7.787 * xyz + 16 / 116)
     return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], dim=1)
@@ -288,7 +288,7 @@ def colour_distance_loss(latents: torch.Tensor, pixels: torch.Tensor, generator:
     squares (shape 47-53 %), and the scores as a whole fell. Off by default until edges get their own room."""
     z = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
     colours = lab(F.avg_pool2d(pixels, 8)).permute(0, 2, 3, 1).reshape(-1, 3)
-    other = torch.randperm(len(z), generator=generator)
+    other = torch.randperm(len(z), generator=generator).to(z.device)
     dz = (z - z[other]).norm(dim=1)
     dc = (colours - colours[other]).norm(dim=1)
     return (dz / dz.mean().clamp(min=1e-6) - dc / dc.mean().clamp(min=1e-6)).pow(2).mean()
@@ -300,7 +300,7 @@ def palette_distances(vae, scale: float) -> list[tuple[float, str]]:
     [(0.54, "yellow-orange"), ...]."""
     names = list(toy_world.PALETTE)
     flat = np.stack([np.full((64, 64, 3), toy_world.PALETTE[n], dtype=np.uint8) for n in names])
-    points = vae.encode(to_tensor(flat)).latent_dist.mean[:, :, 4, 4] * scale  # away from the padded edges
+    points = vae.encode(to_tensor(flat).to(vae.device)).latent_dist.mean[:, :, 4, 4] * scale  # away from the padded edges
     distances = torch.cdist(points, points)
     return sorted((distances[i, j].item(), f"{names[i]}-{names[j]}")
                   for i in range(len(names)) for j in range(i + 1, len(names)))
@@ -314,19 +314,19 @@ def latent_axes(means: torch.Tensor) -> list[float]:
 
 @torch.no_grad()
 def encode_world(vae, images: np.ndarray, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every image's latent (unscaled)."""
+    """Posterior mean and std of every image's latent (unscaled), on the CPU."""
     means, stds = [], []
     for start in range(0, len(images), batch):
-        posterior = vae.encode(to_tensor(images[start:start + batch])).latent_dist
-        means.append(posterior.mean)
-        stds.append(posterior.std)
+        posterior = vae.encode(to_tensor(images[start:start + batch]).to(vae.device)).latent_dist
+        means.append(posterior.mean.cpu())
+        stds.append(posterior.std.cpu())
     return torch.cat(means), torch.cat(stds)
 
 
 @torch.no_grad()
 def reconstruction_error(vae, images: np.ndarray) -> float:
     """Mean absolute error in grey levels (0-255) of decoding the latent means of these images."""
-    x = to_tensor(images)
+    x = to_tensor(images).to(vae.device)
     decoded = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
     return (decoded - x).abs().mean().item() * 127.5
 
@@ -360,12 +360,12 @@ def train_denoiser(modules, tokenizer, means, stds, batches, args, log: Log, gen
         latents = (means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)) * scale
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(0, 1000, (args.unet_batch,), generator=generator)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
+        noisy = scheduler.add_noise(latents, noise, timesteps)  # drawn on the CPU, so any --device draws the same
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, peak_lr, warmup)
         context = encode_captions(text_encoder, tokenizer, captions, codes)
-        prediction = unet(noisy, timesteps, encoder_hidden_states=context).sample
-        weights = loss_weights(snr[timesteps])
+        noisy, noise, weights = (t.to(args.device) for t in (noisy, noise, loss_weights(snr[timesteps])))
+        prediction = unet(noisy, timesteps.to(args.device), encoder_hidden_states=context).sample
         loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -434,7 +434,7 @@ def stage2_note(args) -> str:
 
 
 def save_weights(modules, path: Path, metadata: dict, log: Log, note: str):
-    state = demo_state_dict(modules)
+    state = {name: tensor.cpu() for name, tensor in demo_state_dict(modules).items()}
     meta = {k: str(v) for k, v in {**metadata, "state": note}.items()}
     atomic_write(path, lambda temp: save_file(state, temp, metadata=meta))
     log(f"saved {path} ({path.stat().st_size / 1e6:.1f} MB): {note}")
@@ -446,6 +446,9 @@ def main():
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/demo-pretrain"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where to train (cuda: to try settings fast; the shipped "
+                                                        "weights were made on the CPU, and another device's "
+                                                        "arithmetic gives other weights)")
     parser.add_argument("--scenes", type=int, default=12000)
     parser.add_argument("--vae-steps", type=int, default=800)
     parser.add_argument("--vae-batch", type=int, default=16)
@@ -482,6 +485,10 @@ def main():
     log(f"rendered {len(scenes)} scenes")
     modules = build_demo_modules(args.seed)
     tokenizer = load_tokenizer()
+    if args.device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32, as on the CPU
+        for module in modules.values():
+            module.to(args.device)
 
     if args.stage2_from:
         scaling_factor = load_stage2(modules, args, log)

@@ -199,8 +199,8 @@ def _train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir
     step, last_good = start_step, current_weights()  # last_good: after the last finite step, what is saved
     status, error = Status.FINISHED, None
     started = time.perf_counter()
-    emit(events.Started(step, cfg.steps, len(dataset), epoch_len, tuple(history)))
     with training_precision(model, accelerator, checkpointing=False):  # frozen weights' dtype on CUDA
+        emit(events.Started(step, cfg.steps, len(dataset), epoch_len, tuple(history)))  # after the cast
         try:
             while step < cfg.steps:
                 if validation is not None and validation.due(step):  # evaluate at the top, as nanoGPT does

@@ -160,8 +160,8 @@ def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, oth
     step, last_good = start_step, vectors.detach().clone()  # last_good: after the last finite step, what is saved
     status, error = Status.FINISHED, None
     started = time.perf_counter()
-    emit(events.Started(step, cfg.steps, len(dataset), epoch_len, tuple(history)))
     with training_precision(model, accelerator, cfg.gradient_checkpointing):  # frozen weights' dtype, checkpointing
+        emit(events.Started(step, cfg.steps, len(dataset), epoch_len, tuple(history)))  # after the cast
         try:
             while step < cfg.steps:
                 if validation is not None and validation.due(step):  # evaluate at the top, as nanoGPT does
