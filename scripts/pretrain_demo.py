@@ -30,6 +30,7 @@ from scratch.
 Usage:
     python scripts/pretrain_demo.py [--work-dir /tmp/demo-pretrain] [--quick] [--vae-from FILE]
                                     [--stage2-from FILE]   # stage 3 only: <work-dir>/stage2.safetensors
+                                    [--device cuda]        # to try settings fast (other arithmetic: other weights)
 Progress goes to <work-dir>/log.txt (and stdout); every --save-every UNet steps, and at the end, the weights
 file is rewritten, so an interrupted run still leaves a usable (less trained) model behind.
 """
@@ -285,7 +286,9 @@ def colour_distance_loss(latents: torch.Tensor, pixels: torch.Tensor, generator:
     Tried in session 5 (--vae-colour 0.5, notes/session5/issue-11.md): yellow-orange 1.22 apart, reconstruction
     better (14.9 grey levels, not 18.7), and colour was right in 88 % of world prompts and 100 % of the trained
     previews; but the latent then said little besides each 8x8 patch's colour, circles came out as rounded
-    squares (shape 47-53 %), and the scores as a whole fell. Off by default until edges get their own room."""
+    squares (shape 47-53 %), and the scores as a whole fell. Session 6 (notes/session6/issue-11.md): 6,000 stage-2
+    steps at batch 32 brought the world to 56 % (shape 56 %, colour 91 %) in 46 min, but the circles stayed
+    rounded squares and no stage 3 tried taught TI the concept. Off by default until edges get their own room."""
     z = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
     colours = lab(F.avg_pool2d(pixels, 8)).permute(0, 2, 3, 1).reshape(-1, 3)
     other = torch.randperm(len(z), generator=generator).to(z.device)
@@ -300,7 +303,8 @@ def palette_distances(vae, scale: float) -> list[tuple[float, str]]:
     [(0.54, "yellow-orange"), ...]."""
     names = list(toy_world.PALETTE)
     flat = np.stack([np.full((64, 64, 3), toy_world.PALETTE[n], dtype=np.uint8) for n in names])
-    points = vae.encode(to_tensor(flat).to(vae.device)).latent_dist.mean[:, :, 4, 4] * scale  # away from the padded edges
+    latents = vae.encode(to_tensor(flat).to(vae.device)).latent_dist.mean
+    points = latents[:, :, 4, 4] * scale  # away from the padded edges
     distances = torch.cdist(points, points)
     return sorted((distances[i, j].item(), f"{names[i]}-{names[j]}")
                   for i in range(len(names)) for j in range(i + 1, len(names)))
