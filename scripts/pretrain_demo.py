@@ -244,7 +244,7 @@ def train_vae(vae, images: np.ndarray, args, log: Log, generator: torch.Generato
         tops = rng.integers(0, NATIVE_SIZE - crop + 1, args.vae_batch) // 8 * 8
         lefts = rng.integers(0, NATIVE_SIZE - crop + 1, args.vae_batch) // 8 * 8
         batch = np.stack([images[i, t:t + crop, l:l + crop] for i, t, l in zip(picks, tops, lefts)])
-        x = to_tensor(batch).to(args.device)
+        x = to_tensor(batch).to(vae.device)
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, args.vae_steps, args.vae_lr, 50)
         posterior = vae.encode(x).latent_dist
@@ -368,8 +368,8 @@ def train_denoiser(modules, tokenizer, means, stds, batches, args, log: Log, gen
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, peak_lr, warmup)
         context = encode_captions(text_encoder, tokenizer, captions, codes)
-        noisy, noise, weights = (t.to(args.device) for t in (noisy, noise, loss_weights(snr[timesteps])))
-        prediction = unet(noisy, timesteps.to(args.device), encoder_hidden_states=context).sample
+        noisy, noise, weights = (t.to(unet.device) for t in (noisy, noise, loss_weights(snr[timesteps])))
+        prediction = unet(noisy, timesteps.to(unet.device), encoder_hidden_states=context).sample
         loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
