@@ -1,7 +1,7 @@
 """Does textual inversion teach the demo model a new word? Measured by the toy-world judge (no learned weights).
 
     python bench/ti_learning.py [--concept "orange circle on a blue background"] [--steps 400] [--previews 16]
-                                [--world 32] [--out bench/results]
+                                [--world 32] [--cfg-scale 7] [--out bench/results]
 
 1. World score: txt2img of `--world` world prompts ("a yellow star on a purple background", seeded), judged;
    the share that shows exactly what was asked (target >= 60 %).
@@ -38,6 +38,8 @@ def main():
     parser.add_argument("--previews", type=int, default=16)
     parser.add_argument("--world", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cfg-scale", type=float, default=7.0, help="of the world prompts and the previews "
+                                                                     "(7: the reference's default)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--demo-weights", default=None, help="another demo weights file (default: the shipped one)")
     args = parser.parse_args()
@@ -49,7 +51,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
 
     scenes = world_prompts(args.world)
-    world = world_score(model, scenes)
+    world = world_score(model, scenes, cfg_scale=args.cfg_scale)
     parts = world.part_scores(scenes)
     print(f"world score: {world.score:.0%} of {args.world} world prompts drawn exactly as asked "
           f"(shape {parts['shape']:.0%}, colour {parts['colour']:.0%}, background {parts['background']:.0%})")
@@ -59,7 +61,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         run = learn_concept(model, concept, Path(tmp), ROOT / "textual_inversion_templates", steps=args.steps,
-                            previews=args.previews, seed=args.seed)
+                            previews=args.previews, seed=args.seed, cfg_scale=args.cfg_scale)
         dataset_images = [Image.open(p).convert("RGB") for p in sorted((Path(tmp) / "dataset").glob("*.png"))]
     columns = max(8, min(16, args.previews))
     sheet = [*dataset_images[:columns], *[r.image for r in run.before], *[r.image for r in run.after]]

@@ -5,9 +5,10 @@ Deterministic from --seed (same seed, same step counts, same thread count: same 
 1. VAE: reconstruction (L1 + MSE) with a tiny KL term, on random 64-pixel crops of 128-pixel world images
    (the VAE is fully convolutional, so crops teach it the same edges and colours for a quarter of the cost),
    and optionally (--vae-colour, off by default) a term that makes distances between latent pixels follow the
-   CIELAB distances of their colours (`colour_distance_loss`). Its scaling factor is then set so that the
-   latents of the world have unit standard deviation; the log then says how its variance falls on the four
-   latent axes and which two palette colours lie closest.
+   CIELAB distances of their colours (`colour_distance_loss`); optionally (--vae-whiten, off by default) the
+   latent is then turned so that each principal axis has unit variance (`whiten_vae`). Its scaling factor is
+   then set so that the latents of the world have unit standard deviation; the log then says how its variance
+   falls on the four latent axes and which two palette colours lie closest.
 2. UNet + text encoder (both start random): epsilon prediction with the demo's noise schedule
    (trainer/models/demo.py: SCHEDULER_CONFIG) on the latents of the world, captions drawn fresh each step from several
    phrasings, sometimes with a part left out or unknown words around them (so prompt templates and unseen words
@@ -335,6 +336,54 @@ def reconstruction_error(vae, images: np.ndarray) -> float:
     return (decoded - x).abs().mean().item() * 127.5
 
 
+@torch.no_grad()
+def whiten_vae(vae, means: torch.Tensor, stds: torch.Tensor) -> list[float]:
+    """Turn the VAE's latent space so that its principal axes become its channels, centred, each with unit variance
+    over the world (posterior draws, as the UNet sees them); returns the variances it found along them (unscaled),
+    largest first.
+
+    Reconstruction puts most of the latent's variance on one or two axes (colour, roughly) and leaves how an edge
+    runs inside an 8x8 patch, all that tells a circle's arc from a square's corner, on an axis a hundred times
+    smaller. Diffusion noise covers such an axis within the first few percent of the timesteps, so the UNet
+    learns it from almost no samples (and min-SNR weighting scales those down further), and sampling settles it in
+    the last step or two: circles came out as rounded squares. With every axis at the same scale each is decided
+    at the same noise level, where the caption still counts.
+
+    The turn is linear, so it folds into the VAE's two 1x1 convolutions around the latent (quant_conv's mean half,
+    post_quant_conv): decode(encode(x)) is unchanged. The posterior's log-variance half takes the first-order fold
+    of the new axes' variances around their mean, exact where the encoder's spread is typical.
+
+    Tried in session 7 on the colour VAE (--vae-colour 0.5 --vae-whiten, stage 2 at batch 32 for 6,000 steps;
+    notes/session7/issue-11.md): world 25 % at the end of stage 2, against 56 % without it; shapes came out as
+    blobs. The smallest axis is half encoder noise (posterior std 0.27 against a spread of 0.28 in the means):
+    at unit variance the UNet spends a quarter of its effort on noise. Off by default."""
+    channels = means.shape[1]
+    flat = means.permute(0, 2, 3, 1).reshape(-1, channels).double()
+    centre = flat.mean(dim=0)
+    spread = stds.pow(2).permute(0, 2, 3, 1).reshape(-1, channels).double().mean(dim=0)
+    # The latents the UNet learns are drawn from the posterior: their variance is the means' plus the encoder's.
+    variances, axes = torch.linalg.eigh(torch.cov(flat.T) + torch.diag(spread))
+    variances, axes = variances.flip(0), axes.flip(1)
+    turn = torch.diag(variances.rsqrt()) @ axes.T  # z' = turn (z - centre)
+    new_spread = (turn ** 2) @ spread
+    share = (turn ** 2) * spread[None, :] / new_spread[:, None]  # d log var'_i / d log var_j
+
+    quant, post = vae.quant_conv, vae.post_quant_conv
+    weight, bias = quant.weight[:, :, 0, 0].double(), quant.bias.double()
+    new_weight, new_bias = weight.clone(), bias.clone()
+    new_weight[:channels] = turn @ weight[:channels]
+    new_bias[:channels] = turn @ (bias[:channels] - centre)
+    new_weight[channels:] = share @ weight[channels:]
+    new_bias[channels:] = share @ bias[channels:] + new_spread.log() - share @ spread.log()
+    quant.weight.copy_(new_weight[:, :, None, None].float())
+    quant.bias.copy_(new_bias.float())
+    back = torch.linalg.inv(turn)  # z = back z' + centre
+    post_weight, post_bias = post.weight[:, :, 0, 0].double(), post.bias.double()
+    post.weight.copy_((post_weight @ back)[:, :, None, None].float())
+    post.bias.copy_((post_weight @ centre + post_bias).float())
+    return variances.tolist()
+
+
 def loss_weights(snr: torch.Tensor) -> torch.Tensor:
     """min-SNR(5) weights of the epsilon loss at clean timesteps; at noisy ones (SNR < 1) the weight of an
     image-space loss (1/SNR, at most 20), so that following the caption pays."""
@@ -343,7 +392,7 @@ def loss_weights(snr: torch.Tensor) -> torch.Tensor:
 
 
 def train_denoiser(modules, tokenizer, means, stds, batches, args, log: Log, generator, save, steps: int,
-                   peak_lr: float, warmup: int, label: str, save_every: int):
+                   batch_size: int, peak_lr: float, warmup: int, label: str, save_every: int):
     """Epsilon-prediction training of the UNet and text encoder; `batches(n)` gives n scene indices, their captions
     and their codes (None: captions alone, as in stage 2)."""
     unet, text_encoder, vae = modules["unet"], modules["text_encoder"], modules["vae"]
@@ -359,11 +408,11 @@ def train_denoiser(modules, tokenizer, means, stds, batches, args, log: Log, gen
     ], lr=peak_lr, betas=(0.9, 0.99))
     started = time.time()
     for step in range(steps):
-        picks, captions, codes = batches(args.unet_batch)
+        picks, captions, codes = batches(batch_size)
         index = torch.tensor(picks)
         latents = (means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)) * scale
         noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(0, 1000, (args.unet_batch,), generator=generator)
+        timesteps = torch.randint(0, 1000, (batch_size,), generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)  # drawn on the CPU, so any --device draws the same
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, peak_lr, warmup)
@@ -394,7 +443,7 @@ def round_to_float16(*modules):
                 parameter.copy_(parameter.half().float())
 
 
-def load_vae(vae, args, log: Log):
+def load_vae(vae, args, log: Log) -> bool:
     from safetensors import safe_open
 
     with safe_open(str(args.vae_from), framework="pt") as f:
@@ -406,6 +455,7 @@ def load_vae(vae, args, log: Log):
     vae.load_state_dict(state, strict=True)
     vae.eval().requires_grad_(False)
     log(f"stage 1 skipped: VAE taken from {args.vae_from} ({meta.get('state')})")
+    return meta.get("vae_whiten") == "True"  # whitened already: a file written by a run with --vae-whiten
 
 
 def load_stage2(modules, args, log: Log) -> float:
@@ -417,7 +467,7 @@ def load_stage2(modules, args, log: Log) -> float:
         meta = f.metadata() or {}
         state = {k: f.get_tensor(k).float() for k in f.keys()}
     expected = {"seed": args.seed, "scenes": args.scenes, "vae_steps": args.vae_steps, "vae_colour": args.vae_colour,
-                "unet_steps": args.unet_steps, "state": stage2_note(args)}
+                "vae_whiten": args.vae_whiten, "unet_steps": args.unet_steps, "state": stage2_note(args)}
     if not made_with(meta, expected):
         raise SystemExit(f"--stage2-from {args.stage2_from} was made with other settings ({meta}), not {expected}")
     for name in ("text_encoder", "unet", "vae"):
@@ -429,7 +479,7 @@ def load_stage2(modules, args, log: Log) -> float:
 
 def made_with(meta: dict, expected: dict) -> bool:
     """Whether a saved file's metadata says it was made with these settings (a file without vae_colour had it off)."""
-    meta = {"vae_colour": "0.0", **meta}
+    meta = {"vae_colour": "0.0", "vae_whiten": "False", **meta}
     return all(meta.get(k) == str(v) for k, v in expected.items())
 
 
@@ -461,11 +511,14 @@ def main():
     parser.add_argument("--kl-weight", type=float, default=1e-4)
     parser.add_argument("--vae-colour", type=float, default=0.0,
                         help="weight of the loss that makes latent distances follow colour distances")
+    parser.add_argument("--vae-whiten", action="store_true",
+                        help="after stage 1, turn the latent so that each principal axis has unit variance")
     parser.add_argument("--unet-steps", type=int, default=4000)
     parser.add_argument("--unet-batch", type=int, default=64)
     parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--code-steps", type=int, default=1500, help="stage 3: steps with one-word codes")
+    parser.add_argument("--code-batch", type=int, help="stage 3's batch size (default: --unet-batch)")
     parser.add_argument("--code-lr", type=float, default=1e-3)
     parser.add_argument("--code-share", type=float, default=0.6, help="stage 3: share of pictures shown by code")
     parser.add_argument("--code-spread", type=float, default=0.015, help="stage 3: std of each code direction")
@@ -494,13 +547,20 @@ def main():
         for module in modules.values():
             module.to(args.device)
 
+    whitened = False
     if args.stage2_from:
         scaling_factor = load_stage2(modules, args, log)
     elif args.vae_from:
-        load_vae(modules["vae"], args, log)
+        whitened = load_vae(modules["vae"], args, log)
     else:
         train_vae(modules["vae"], images, args, log, generator, np.random.default_rng(args.seed))
         round_to_float16(modules["vae"])
+    if args.vae_whiten and not args.stage2_from and not whitened:
+        sample = images[:2000]
+        variances = whiten_vae(modules["vae"], *encode_world(modules["vae"], sample))
+        round_to_float16(modules["vae"])
+        log(f"latent whitened: variances {', '.join(f'{v:.3f}' for v in variances)} along its principal axes "
+            f"(of {len(sample)} scenes) now 1 each")
     held_out = make_world(64, args.seed + 1, args.threads)[1]
     log(f"vae reconstruction error on unseen scenes: {reconstruction_error(modules['vae'], held_out):.2f} grey levels")
     means, stds = encode_world(modules["vae"], images)
@@ -517,13 +577,16 @@ def main():
 
     metadata = {"scaling_factor": scaling_factor, "native_size": NATIVE_SIZE, "seed": args.seed,
                 "vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "scenes": args.scenes,
-                "script": "scripts/pretrain_demo.py", **({"vae_colour": args.vae_colour} if args.vae_colour else {})}
+                "script": "scripts/pretrain_demo.py",
+                **({"vae_colour": args.vae_colour} if args.vae_colour else {}),
+                **({"vae_whiten": True} if args.vae_whiten else {})}
     save = lambda note: save_weights(modules, args.out, metadata, log, note)  # noqa: E731
     extra_words = unknown_words(tokenizer)
     if not args.stage2_from:
         batches = world_batches(scenes, random.Random(args.seed), extra_words)
-        train_denoiser(modules, tokenizer, means, stds, batches, args, log, torch.Generator().manual_seed(args.seed + 2),
-                       save, args.unet_steps, args.unet_lr, 100, "unet", args.save_every)
+        unet_noise = torch.Generator().manual_seed(args.seed + 2)
+        train_denoiser(modules, tokenizer, means, stds, batches, args, log, unet_noise, save, args.unet_steps,
+                       args.unet_batch, args.unet_lr, 100, "unet", args.save_every)
         save(stage2_note(args))
         save_weights(modules, args.work_dir / "stage2.safetensors", metadata, log, stage2_note(args))  # --stage2-from
     # Stage 3: the world as before, and a share (--code-share) of the pictures under a one-word code for the scene.
@@ -532,9 +595,11 @@ def main():
     code_noise = torch.Generator().manual_seed(args.seed + 5)
     batches = coded_or_world_batches(scenes, rng, extra_words, book, args.code_share, code_noise, args.code_jitter)
     metadata.update(code_steps=args.code_steps, code_lr=args.code_lr, code_share=args.code_share,
-                    code_spread=args.code_spread, code_jitter=args.code_jitter)
+                    code_spread=args.code_spread, code_jitter=args.code_jitter,
+                    **({"code_batch": args.code_batch} if args.code_batch else {}))
     train_denoiser(modules, tokenizer, means, stds, batches, args, log, torch.Generator().manual_seed(args.seed + 3),
-                   save, args.code_steps, args.code_lr, 20, "codes", args.save_every)
+                   save, args.code_steps, args.code_batch or args.unet_batch, args.code_lr, 20, "codes",
+                   args.save_every)
     save(f"complete: {args.vae_steps} vae + {args.unet_steps} unet + {args.code_steps} code steps")
     (args.work_dir / "summary.json").write_text(json.dumps(
         {"seconds": time.time() - log.start, **metadata}, indent=2))

@@ -104,7 +104,8 @@ class ConceptRun:
 
 def learn_concept(model, concept: Concept, work_dir: Path, templates_dir: Path, name: str = "toyconcept",
                   steps: int = 400, previews: int = 16, images: int = 20, learn_rate: str = "0.005",
-                  template: str = "subject.txt", seed: int = 0, preview_steps: int = 20) -> ConceptRun:
+                  template: str = "subject.txt", seed: int = 0, preview_steps: int = 20,
+                  cfg_scale: float = 7.0) -> ConceptRun:
     """Create `name` from "*" (1 vector), render `previews` seeded pictures of "a picture of <name>", train it on
     `images` pictures of the concept (batch 1, `learn_rate`, at the model's native size), render them again."""
     work_dir = Path(work_dir)
@@ -120,7 +121,7 @@ def learn_concept(model, concept: Concept, work_dir: Path, templates_dir: Path, 
     def previews_now():
         vectors = {n: e.vectors for n, e in load_embeddings_dir(embeddings_dir, model.text_width)[0].items()}
         return render_and_judge(model, [prompt] * previews, seeds, [concept] * previews, vectors,
-                                steps=preview_steps)
+                                steps=preview_steps, cfg_scale=cfg_scale)
 
     before = previews_now()
     cfg = TrainConfig(name=name, dataset=str(dataset), log_dir="", template=template, learn_rate=learn_rate,
