@@ -342,12 +342,12 @@ def whiten_vae(vae, means: torch.Tensor, stds: torch.Tensor) -> list[float]:
     over the world (posterior draws, as the UNet sees them); returns the variances it found along them (unscaled),
     largest first.
 
-    Reconstruction puts most of the latent's variance on one or two axes (colour, roughly) and leaves how an edge
-    runs inside an 8x8 patch, all that tells a circle's arc from a square's corner, on an axis a hundred times
-    smaller. Diffusion noise covers such an axis within the first few percent of the timesteps, so the UNet
-    learns it from almost no samples (and min-SNR weighting scales those down further), and sampling settles it in
-    the last step or two: circles came out as rounded squares. With every axis at the same scale each is decided
-    at the same noise level, where the caption still counts.
+    Why it was tried: reconstruction puts most of the latent's variance on one to three axes (colour, roughly)
+    and leaves how an edge runs inside an 8x8 patch, all that tells a circle's arc from a square's corner, on an
+    axis a hundred times smaller. Diffusion noise covers such an axis within the first few percent of the
+    timesteps, so the UNet learns it from almost no samples (and min-SNR weighting scales those down further), and
+    sampling settles it in the last step or two: circles came out as rounded squares. With every axis at the same
+    scale each would be decided at the same noise level, where the caption still counts.
 
     The turn is linear, so it folds into the VAE's two 1x1 convolutions around the latent (quant_conv's mean half,
     post_quant_conv): decode(encode(x)) is unchanged. The posterior's log-variance half takes the first-order fold
@@ -478,7 +478,8 @@ def load_stage2(modules, args, log: Log) -> float:
 
 
 def made_with(meta: dict, expected: dict) -> bool:
-    """Whether a saved file's metadata says it was made with these settings (a file without vae_colour had it off)."""
+    """Whether a saved file's metadata says it was made with these settings (a file without vae_colour or
+    vae_whiten had it off)."""
     meta = {"vae_colour": "0.0", "vae_whiten": "False", **meta}
     return all(meta.get(k) == str(v) for k, v in expected.items())
 
