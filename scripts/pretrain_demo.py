@@ -277,6 +277,11 @@ def lab(rgb: torch.Tensor) -> torch.Tensor:
     return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], dim=1)
 
 
+def by_pixel(maps: torch.Tensor) -> torch.Tensor:
+    """[n, channels, h, w] -> [n * h * w, channels]: one row per pixel."""
+    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
+
+
 def colour_distance_loss(latents: torch.Tensor, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """How differently the latents and the pictures' colours spread things out: for random pairs of latent pixels,
     their distance (over its mean) against the CIELAB distance of the 8x8 patches they stand for (over its
@@ -290,8 +295,8 @@ def colour_distance_loss(latents: torch.Tensor, pixels: torch.Tensor, generator:
     squares (shape 47-53 %), and the scores as a whole fell. Session 6 (notes/session6/issue-11.md): 6,000 stage-2
     steps at batch 32 brought the world to 56 % (shape 56 %, colour 91 %) in 46 min, but the circles stayed
     rounded squares and no stage 3 tried taught TI the concept. Off by default until edges get their own room."""
-    z = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
-    colours = lab(F.avg_pool2d(pixels, 8)).permute(0, 2, 3, 1).reshape(-1, 3)
+    z = by_pixel(latents)
+    colours = by_pixel(lab(F.avg_pool2d(pixels, 8)))
     other = torch.randperm(len(z), generator=generator).to(z.device)
     dz = (z - z[other]).norm(dim=1)
     dc = (colours - colours[other]).norm(dim=1)
@@ -313,7 +318,7 @@ def palette_distances(vae, scale: float) -> list[tuple[float, str]]:
 
 def latent_axes(means: torch.Tensor) -> list[float]:
     """The variance of latent pixels [n, channels, h, w] along each principal axis, largest first."""
-    flat = means.permute(0, 2, 3, 1).reshape(-1, means.shape[1])
+    flat = by_pixel(means)
     return torch.linalg.eigvalsh(torch.cov(flat.T)).flip(0).tolist()
 
 
@@ -358,9 +363,9 @@ def whiten_vae(vae, means: torch.Tensor, stds: torch.Tensor) -> list[float]:
     blobs. The smallest axis is half encoder noise (posterior std 0.27 against a spread of 0.28 in the means):
     at unit variance the UNet spends a quarter of its effort on noise. Off by default."""
     channels = means.shape[1]
-    flat = means.permute(0, 2, 3, 1).reshape(-1, channels).double()
+    flat = by_pixel(means).double()
     centre = flat.mean(dim=0)
-    spread = stds.pow(2).permute(0, 2, 3, 1).reshape(-1, channels).double().mean(dim=0)
+    spread = by_pixel(stds.pow(2)).double().mean(dim=0)
     # The latents the UNet learns are drawn from the posterior: their variance is the means' plus the encoder's.
     variances, axes = torch.linalg.eigh(torch.cov(flat.T) + torch.diag(spread))
     variances, axes = variances.flip(0), axes.flip(1)

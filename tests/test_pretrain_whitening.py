@@ -5,10 +5,11 @@ import random
 import numpy as np
 import torch
 
-from trainer.models.demo import DEMO_WEIGHTS, build_demo_modules
+from helpers_cli import ROOT
+from trainer.models.demo import build_demo_modules
 from trainer.toy.world import random_scene, render
 
-SCRIPT = DEMO_WEIGHTS.parent.parent.parent.parent / "scripts" / "pretrain_demo.py"
+SCRIPT = ROOT / "scripts" / "pretrain_demo.py"
 
 
 def load_script():
