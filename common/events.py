@@ -32,14 +32,16 @@ class Progress:
 
 @dataclass(frozen=True)
 class Started:
-    """The step loop begins at `step` (above 0 when a run resumes). `history`: the earlier sessions' loss,
-    [(step, loss)], for a resumed run's chart; `epoch_len`: optimizer steps per pass over the dataset."""
+    """The step loop begins at `step` (above 0 when a run resumes). `history` and `validations`: the earlier
+    sessions' loss and validation loss, [(step, loss)], for a resumed run's chart; `epoch_len`: optimizer steps
+    per pass over the dataset."""
 
     step: int
     max_steps: int
     dataset_size: int
     epoch_len: int
     history: tuple = ()
+    validations: tuple = ()
 
 
 @dataclass(frozen=True)

@@ -124,5 +124,7 @@ def test_create_train_preview_interrupt_and_resume(tmp_path):
         # the resumed run's chart starts with the first session's steps (read back from its loss CSV)
         losses = ws.runner.current.snapshot()["losses"]
         assert [step for step, _ in losses] == list(range(1, stopped_at + 5))
-        # raw, smoothed and the validation loss (checked before each run's first step and at the end) are drawn
+        # raw, smoothed and the validation loss are drawn: checked before each run's first step and at the end,
+        # and the resumed run's line starts with the first run's check at step 0 (so it spans the whole chart)
+        assert ws.runner.current.snapshot()["validations"][0][0] == 0
         wait_for(lambda: strokes(page) == {RAW, SMOOTHED, VALIDATION}, what="three lines after the resumed run")

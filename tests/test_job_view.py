@@ -130,6 +130,10 @@ def test_training_from_the_page_resolves_paths_keeps_its_settings_and_resumes_wi
     ws.runner.wait(120)
     snap = job.snapshot()
     assert [step for step, _ in snap["losses"]] == [1, 2, 3, 4, 5]  # the chart shows the first session too
+    first_checks = read_loss_history(tmp_path / "textual_inversion", "cat", "validation.csv", 3, column="val_loss")
+    assert [step for step, _ in first_checks] == [0, 3]  # before the first step and at the end
+    assert snap["validations"][0] == first_checks[0]  # and its validation line: its check at 0, then this run's
+    assert [step for step, _ in snap["validations"]] == [0, 3, 5]
     assert (snap["step"].epoch, snap["step"].epoch_step, snap["step"].epoch_len) == (1, 0, 4)
 
 

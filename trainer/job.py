@@ -71,6 +71,7 @@ class Job:
                 case events.Started():
                     self.start_step, self.max_steps, self.progress = event.step, event.max_steps, None
                     self.losses[:0] = [tuple(point) for point in event.history]  # a resumed run's earlier loss
+                    self.validations[:0] = [tuple(point) for point in event.validations]
                 case events.Progress():
                     self.progress = event
                 case events.Validated():

@@ -193,6 +193,7 @@ def _train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir
 
     # 5. The step loop ---------------------------------------------------------------------------------------
     history = read_loss_history(log_dir.parent.parent, cfg.name, LOSS_CSV, start_step) if log_dir else []
+    checks = validation.history(log_dir.parent.parent, cfg.name) if validation is not None and log_dir else []
     loss_csv = LossCsv(log_dir / LOSS_CSV if log_dir else None, cfg.loss_csv_every)
     batches = batch_stream(dataset, cfg.batch_size, rng, generator, accelerator)
     epoch_len = optimizer_steps_per_epoch(dataset, cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
@@ -200,7 +201,7 @@ def _train_hypernetwork(model, cfg: TrainConfig, hypernetwork_dir, templates_dir
     status, error = Status.FINISHED, None
     started = time.perf_counter()
     with training_precision(model, accelerator, checkpointing=False):  # frozen weights' dtype on CUDA
-        emit(events.Started(step, cfg.steps, len(dataset), epoch_len, tuple(history)))  # after the cast
+        emit(events.Started(step, cfg.steps, len(dataset), epoch_len, tuple(history), tuple(checks)))  # after the cast
         try:
             while step < cfg.steps:
                 if validation is not None and validation.due(step):  # evaluate at the top, as nanoGPT does

@@ -7,9 +7,11 @@ import csv
 from pathlib import Path
 
 
-def read_loss_history(log_root, name: str, csv_name: str, up_to_step: int) -> list:
-    """[(step, loss)] for steps 1..`up_to_step`, sorted by step, from every date folder under `log_root`."""
-    if up_to_step <= 0 or not log_root:
+def read_loss_history(log_root, name: str, csv_name: str, up_to_step: int, column: str = "loss",
+                      keep=lambda row: True) -> list:
+    """[(step, value of `column`)] for steps 0..`up_to_step`, sorted by step, from every date folder under
+    `log_root`; only the rows `keep(row)` accepts."""
+    if up_to_step < 0 or not log_root:
         return []
     by_step = {}
     for path in sorted(Path(log_root).glob(f"*/{name}/{csv_name}")):
@@ -17,10 +19,10 @@ def read_loss_history(log_root, name: str, csv_name: str, up_to_step: int) -> li
             with open(path, newline="", encoding="utf-8") as f:
                 for row in csv.DictReader(f):
                     try:
-                        step, loss = int(row["step"]), float(row["loss"])
+                        step, loss = int(row["step"]), float(row[column])
                     except (KeyError, TypeError, ValueError):
                         continue  # a torn last line or a foreign file: the rest still counts
-                    if 0 < step <= up_to_step:
+                    if 0 <= step <= up_to_step and keep(row):
                         by_step[step] = loss
         except OSError:
             continue

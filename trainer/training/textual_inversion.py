@@ -36,7 +36,7 @@ from trainer.training.loss_csv import LossCsv
 from trainer.training.loss_history import epoch_of, read_loss_history
 from trainer.training.previews import preview_params
 from trainer.training.result import TrainResult, closing_sentence
-from trainer.training.validation import read_rows, start_validation
+from trainer.training.validation import VALIDATION_CSV, read_rows, start_validation
 from trainer.training.vector_health import VectorHealth, init_norms_from
 
 LOSS_CSV = "textual_inversion_loss.csv"
@@ -142,7 +142,7 @@ def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, oth
                          model.name, clip_l_width=model.clip_l_width)
 
     # 4. Validation: a fixed set's loss, vector health, the best copy, early stop (trainer.training.validation) -
-    earlier_checks = read_rows(log_dir / "validation.csv") if log_dir else []  # a resumed run's, for the init norms
+    earlier_checks = read_rows(log_dir / VALIDATION_CSV) if log_dir else []  # a resumed run's, for the init norms
     health = VectorHealth([text_encoder.get_input_embeddings().weight
                            for text_encoder in (model.text_encoder, model.text_encoder_2) if text_encoder is not None],
                           *init_norms_from(earlier_checks, embedding.vectors, start_step))
@@ -154,6 +154,7 @@ def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, oth
 
     # 5. The step loop ---------------------------------------------------------------------------------------
     history = read_loss_history(log_dir.parent.parent, cfg.name, LOSS_CSV, start_step) if log_dir else []
+    checks = validation.history(log_dir.parent.parent, cfg.name) if validation is not None and log_dir else []
     loss_csv = LossCsv(log_dir / LOSS_CSV if log_dir else None, cfg.loss_csv_every)
     batches = batch_stream(dataset, cfg.batch_size, rng, generator, accelerator)
     epoch_len = optimizer_steps_per_epoch(dataset, cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
@@ -161,7 +162,7 @@ def _train_embedding(model, cfg: TrainConfig, embeddings_dir, templates_dir, oth
     status, error = Status.FINISHED, None
     started = time.perf_counter()
     with training_precision(model, accelerator, cfg.gradient_checkpointing):  # frozen weights' dtype, checkpointing
-        emit(events.Started(step, cfg.steps, len(dataset), epoch_len, tuple(history)))  # after the cast
+        emit(events.Started(step, cfg.steps, len(dataset), epoch_len, tuple(history), tuple(checks)))  # after the cast
         try:
             while step < cfg.steps:
                 if validation is not None and validation.due(step):  # evaluate at the top, as nanoGPT does

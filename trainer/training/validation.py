@@ -28,8 +28,10 @@ import torch
 from trainer.training.dataset import build_prompt
 from common import events
 from trainer.training.denoising import noise_prediction_loss
+from trainer.training.loss_history import read_loss_history
 
 VALIDATION_SEED = 1234567  # fixed: the set never depends on the training seed
+VALIDATION_CSV = "validation.csv"  # in the run's log folder, beside the loss CSV
 SET_ITEMS = 8  # (image, timestep) pairs per check; sized so a check costs under 5 % of training (bench/)
 FORWARD_BATCH = 4  # items per UNet call
 
@@ -116,7 +118,7 @@ def start_validation(cfg, samples, template_lines, noise_scheduler, model_hash: 
         return float(broadcast(torch.tensor([value], device=accelerator.device))[0])
 
     return Validation(fixed, cfg.validate_every, cfg.early_stop, loss=loss, describe=describe, save_best=save_best,
-                      best_file=best_file, csv_path=log_dir / "validation.csv" if log_dir is not None else None,
+                      best_file=best_file, csv_path=log_dir / VALIDATION_CSV if log_dir is not None else None,
                       emit=emit, start_step=start_step, agree=agree)
 
 
@@ -150,6 +152,12 @@ class Validation:
         if rows:
             best = min(rows, key=lambda r: float(r["val_loss"]))
             self.best_step, self.best_loss, self.best_path = int(best["step"]), float(best["val_loss"]), self.best_file
+
+    def history(self, log_root, name: str) -> list:
+        """[(step, validation loss)] of the earlier sessions' checks on the same fixed set, before the step this
+        run starts at (which it checks itself): a resumed run's chart starts with them."""
+        return read_loss_history(log_root, name, VALIDATION_CSV, self.start_step - 1, column="val_loss",
+                                 keep=lambda row: row.get("set") == self.fixed.fingerprint)
 
     def due(self, step: int) -> bool:
         """Before the run's first step, then every `every` steps."""
