@@ -1,4 +1,4 @@
-"""The loss a run's earlier sessions wrote: a resumed run's chart starts with them.
+"""The loss and validation loss a run's earlier sessions wrote: a resumed run's chart starts with them.
 
 Each session appends to `<log dir>/<date>/<name>/<csv name>`; a run resumed on another day writes into another
 date folder, so every date folder of the name is read, oldest first, and a step written twice keeps its last
