@@ -66,13 +66,14 @@ def main():
             print(f"  {'ok ' if r.hit else 'no '} {r.prompt!r} -> {r.verdict.describe()}")
         grid([r.image for r in world.rendered], 8).save(args.out / "world.png")
 
-    runs, sheet = [], []
+    runs, dataset_images = [], []
     for seed in range(args.seed, args.seed + args.runs):
         with tempfile.TemporaryDirectory() as tmp:
             run = learn_concept(model, concept, Path(tmp), ROOT / "textual_inversion_templates", steps=args.steps,
                                 previews=args.previews, seed=seed, cfg_scale=args.cfg_scale)
-            if not sheet:
-                sheet = [Image.open(p).convert("RGB") for p in sorted((Path(tmp) / "dataset").glob("*.png"))]
+            if not dataset_images:
+                files = sorted((Path(tmp) / "dataset").glob("*.png"))
+                dataset_images = [Image.open(p).convert("RGB") for p in files]
         runs.append(run)
         print(f"run with seed {seed}: before {run.before_rate:.0%}, after {run.after_rate:.0%} "
               f"({run.steps_per_second:.2f} steps/s at {model.native_size}px batch 1)")
@@ -81,7 +82,7 @@ def main():
             print(f"  {when}: " + ", ".join(f"{part} right in {rate:.0%}" for part, rate in rates.items()))
             print(f"  {when}: " + ", ".join(r.verdict.describe() for r in getattr(run, when)))
     columns = max(8, min(16, args.previews))
-    sheet = sheet[:columns] + [r.image for run in runs for r in [*run.before, *run.after]]
+    sheet = dataset_images[:columns] + [r.image for run in runs for r in [*run.before, *run.after]]
     grid(sheet, columns, cell=96).save(args.out / "concept.png")
     before = [r.hit for run in runs for r in run.before]
     after = [r.hit for run in runs for r in run.after]
@@ -89,7 +90,8 @@ def main():
           f"after {sum(after) / len(after):.0%} ({len(runs)} runs of {args.steps} steps; per run "
           + ", ".join(f"{run.after_rate:.0%}" for run in runs) + ")")
     total = time.perf_counter() - started
-    print(f"total {total / 60:.1f} min; pictures: {args.out / 'world.png'}, {args.out / 'concept.png'} "
+    pictures = [args.out / name for name in (["world.png"] if args.world > 0 else []) + ["concept.png"]]
+    print(f"total {total / 60:.1f} min; pictures: {', '.join(map(str, pictures))} "
           f"(concept.png rows: training images, then each run's previews before and after)")
 
 

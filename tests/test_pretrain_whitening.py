@@ -40,8 +40,7 @@ def test_whitening_gives_each_latent_axis_unit_variance_and_decodes_the_same():
     assert found[0] >= found[-1] and len(found) == 4
     noise = torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(0))
     draws = posterior.mean + posterior.std * noise
-    flat = draws.permute(0, 2, 3, 1).reshape(-1, 4)
-    covariance = torch.cov(flat.T)
+    covariance = torch.cov(script.by_pixel(draws).T)
     assert torch.allclose(covariance.diagonal(), torch.ones(4), atol=0.1), covariance
     assert (covariance - torch.diag(covariance.diagonal())).abs().max() < 0.1, covariance
     assert posterior.mean.mean(dim=(0, 2, 3)).abs().max() < 1e-3  # centred
