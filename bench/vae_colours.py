@@ -1,6 +1,6 @@
 """How far apart the demo VAE puts the world's colours: stage 1 of scripts/pretrain_demo.py alone, on a smaller world.
 
-    python bench/vae_colours.py [--vae-colour 0.5] [--steps 800] [--scenes 3000]
+    python bench/vae_colours.py [--vae-colour 0.5] [--vae-colour-target sqrt] [--steps 800] [--scenes 3000]
     python bench/vae_colours.py --weights trainer/assets/demo/demo.safetensors   # measure a saved VAE instead
 
 Prints the reconstruction error on unseen scenes (grey levels) and how often the judge (trainer/toy/judge.py) still
@@ -28,6 +28,7 @@ from trainer.toy.judge import judge  # noqa: E402
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vae-colour", type=float, default=0.0)
+    parser.add_argument("--vae-colour-target", choices=("linear", "sqrt"), default="linear")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--scenes", type=int, default=3000)
     parser.add_argument("--weights", type=Path, help="measure this demo weights file's VAE instead of training one")
@@ -40,7 +41,7 @@ def main():
     else:
         vae = build_demo_modules(0)["vae"]
         settings = argparse.Namespace(vae_lr=1e-3, vae_steps=args.steps, vae_batch=16, vae_crop=64, kl_weight=1e-4,
-                                      vae_colour=args.vae_colour)
+                                      vae_colour=args.vae_colour, vae_colour_target=args.vae_colour_target)
         log = P.Log(Path(tempfile.gettempdir()) / "vae_colours.log")
         P.train_vae(vae, images, settings, log, torch.Generator().manual_seed(0), np.random.default_rng(0))
         P.round_to_float16(vae)
