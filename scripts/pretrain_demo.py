@@ -302,11 +302,11 @@ def colour_distance_loss(latents: torch.Tensor, pixels: torch.Tensor, generator:
     (yellow-orange, blue-purple) then count for more and far ones for less, so a low weight moves the close pairs
     apart without flattening the latent onto colour alone. Measured in session 8 with bench/vae_colours.py (800
     steps, 3,000 scenes): at 0.15, reconstruction 15.5 grey levels, the judge still names 84 % of the shapes after
-    the round trip, and the smallest latent axis (the edges) holds 0.17 of the variance (0.005 without the term);
+    the round trip, and the smallest latent axis (the edges) holds 0.17 of the variance (0.001 without the term);
     at 0.25, yellow-orange 1.67 apart (0.54 without the term) and shapes 77 %. Through all three stages at 0.2
     (session 9, notes/session9/issue-11.md): colour right in 86 % of world prompts and backgrounds in 100 %, but
     circles and squares both came out as one rounded, tapered block (shape 53 %; world 48 %, TI 9 %), as with the
-    linear target: a colour term of any kind has so far cost the UNet the circle-square difference."""
+    linear target: both colour terms tried so far cost the UNet the circle-square difference."""
     z = by_pixel(latents)
     colours = by_pixel(lab(F.avg_pool2d(pixels, 8)))
     other = torch.randperm(len(z), generator=generator).to(z.device)
