@@ -39,7 +39,8 @@ def main():
     modules = build_demo_modules(0)
     unet, text_encoder = modules["unet"].train(), modules["text_encoder"].train()
     tokenizer = load_tokenizer()
-    optimizer = torch.optim.AdamW(list(unet.parameters()) + list(text_encoder.parameters()), lr=1e-4)
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     size = NATIVE_SIZE // 8
     latents = torch.randn(args.batch, 4, size, size, generator=generator)
@@ -57,7 +58,7 @@ def main():
         loss = F.mse_loss(prediction.float(), noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
 
     with torch.no_grad():
