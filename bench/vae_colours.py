@@ -1,6 +1,6 @@
 """How far apart the demo VAE puts the world's colours: stage 1 of scripts/pretrain_demo.py alone, on a smaller world.
 
-    python bench/vae_colours.py [--vae-colour 0.5] [--vae-colour-target sqrt] [--steps 800] [--scenes 3000]
+    python bench/vae_colours.py [--vae-colour 0.5] [--vae-colour-target {linear,sqrt,margin}] [--steps 800] [--scenes 3000]
     python bench/vae_colours.py --weights trainer/assets/demo/demo.safetensors   # measure a saved VAE instead
 
 Prints the reconstruction error on unseen scenes (grey levels) and how often the judge (trainer/toy/judge.py) still
@@ -28,7 +28,7 @@ from trainer.toy.judge import judge  # noqa: E402
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vae-colour", type=float, default=0.0)
-    parser.add_argument("--vae-colour-target", choices=("linear", "sqrt"), default="linear")
+    parser.add_argument("--vae-colour-target", choices=("linear", "sqrt", "margin"), default="linear")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--scenes", type=int, default=3000)
     parser.add_argument("--weights", type=Path, help="measure this demo weights file's VAE instead of training one")

@@ -47,3 +47,44 @@ def test_yellow_and_orange_pull_apart_harder_under_the_square_root():
 
     sqrt, linear = separation_push("sqrt"), separation_push("linear")
     assert sqrt > 0 and abs(linear) < sqrt / 100  # the linear target is met here: it pushes nothing
+
+
+
+def test_the_margin_target_parts_two_colours_that_share_a_place_and_leaves_the_rest_alone():
+    script = load_script()
+    pixels = palette_patches()
+    names = list(PALETTE)
+    yellow, orange = names.index("yellow"), names.index("orange")
+    column = torch.arange(16 * 32) % 8  # by_pixel walks the rows of patches, so pixel i has colour i % 8
+
+    def latents_from(places: torch.Tensor) -> torch.Tensor:
+        """Latent maps [1, channels, 16, 32] in which each pixel sits at its colour's place (a row of `places`)."""
+        return places[column].T.reshape(1, places.shape[1], 16, 32).clone().requires_grad_(True)
+
+    def loss(latents) -> torch.Tensor:
+        return script.colour_distance_loss(latents, pixels, torch.Generator().manual_seed(0), "margin")
+
+    assert loss(latents_from(torch.eye(8))).item() == 0.0  # every colour in its own corner: none too close
+
+    places = torch.eye(8)
+    places[orange] = places[yellow] + 0.05 * torch.eye(8)[orange]  # orange almost where yellow is
+    latents = latents_from(places)
+    value = loss(latents)
+    assert value.item() > 0
+    value.backward()
+    g = script.by_pixel(latents.grad)
+    others = [i for i in range(8) if i not in (yellow, orange)]
+    assert all(g[column == i].abs().sum() == 0 for i in others)  # the other colours are far enough already
+    apart = places[orange] - places[yellow]
+    step = -(g[column == orange].sum(dim=0) - g[column == yellow].sum(dim=0))  # how gradient descent moves the gap
+    assert step.dot(apart) > 0.5 * step.norm() * apart.norm()  # it widens it, and mostly along it
+
+
+def test_the_margin_target_leaves_patches_on_an_edge_alone():
+    script = load_script()
+    pixels = palette_patches()
+    pixels[..., 4:12] = pixels[..., 4:12].flip(-1)  # the second column of patches is now half one colour, half another
+    latents = (torch.randn(1, 4, 16, 32, generator=torch.Generator().manual_seed(1)) * 0.01).requires_grad_(True)
+    script.colour_distance_loss(latents, pixels, torch.Generator().manual_seed(0), "margin").backward()
+    moved = latents.grad.abs().sum(dim=(0, 1)) > 0  # [16, 32]: which latent pixels the loss moves
+    assert not moved[:, 1].any() and moved[:, 2:].any()
