@@ -55,8 +55,7 @@ def main():
     if "code_spread" not in meta:
         parser.error(f"{args.demo_weights} has no stage 3 (no code_spread in its metadata)")
     book = P.code_book(int(meta["seed"]) + 4, float(meta["code_spread"]))  # as pretrain_demo.py's main builds it
-    names = [f"{part}:{value}" for part, values in book.items() for value in values]
-    directions = torch.stack([d for values in book.values() for d in values.values()]).double()
+    names, directions = P.book_directions(book)
     model = load_model("demo", demo_weights=args.demo_weights)
     star_id = model.tokenizer("*", add_special_tokens=False).input_ids[0]
     star = model.text_encoder.get_input_embeddings().weight[star_id].detach()

@@ -173,10 +173,16 @@ def code_book(seed: int, spread: float) -> dict:
             for part, values in CODE_PARTS}
 
 
+def book_directions(book: dict) -> tuple[list[str], torch.Tensor]:
+    """The book's directions as rows [n, TEXT_WIDTH] (float64), and their names ("shape:circle", ...), in one order."""
+    names = [f"{part}:{value}" for part, values in book.items() for value in values]
+    return names, torch.stack([d for values in book.values() for d in values.values()]).double()
+
+
 def off_book(book: dict) -> torch.Tensor:
     """The projection [TEXT_WIDTH, TEXT_WIDTH] onto the directions that no code of the book uses: what is left of a
     vector once its part in the span of the book's directions is taken away."""
-    directions = torch.stack([d for values in book.values() for d in values.values()]).double()
+    _, directions = book_directions(book)
     basis = torch.linalg.qr(directions.T).Q  # orthonormal, spanning the book
     return (torch.eye(TEXT_WIDTH, dtype=torch.float64) - basis @ basis.T).float()
 
