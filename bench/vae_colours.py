@@ -31,6 +31,10 @@ def main():
     parser.add_argument("--vae-colour-target", choices=("linear", "sqrt", "margin"), default="linear")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--scenes", type=int, default=3000)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--kl-weight", type=float, default=1e-4)
     parser.add_argument("--weights", type=Path, help="measure this demo weights file's VAE instead of training one")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -40,7 +44,8 @@ def main():
         vae = build_demo_components(args.weights)["vae"]
     else:
         vae = build_demo_modules(0)["vae"]
-        settings = argparse.Namespace(vae_lr=1e-3, vae_steps=args.steps, vae_batch=16, vae_crop=64, kl_weight=1e-4,
+        settings = argparse.Namespace(vae_lr=args.lr, vae_steps=args.steps, vae_batch=args.batch, vae_crop=args.crop,
+                                      kl_weight=args.kl_weight,
                                       vae_colour=args.vae_colour, vae_colour_target=args.vae_colour_target)
         log = P.Log(Path(tempfile.gettempdir()) / "vae_colours.log")
         P.train_vae(vae, images, settings, log, torch.Generator().manual_seed(0), np.random.default_rng(0))

@@ -1,6 +1,6 @@
 """Pretrain the demo model on the toy world (trainer/toy/world.py) and write trainer/assets/demo/demo.safetensors.
 
-Deterministic from --seed (same seed, same step counts, same thread count: same weights). Three stages:
+Deterministic from --seed (same seed, same step counts, same thread count: same weights). Four stages:
 
 1. VAE: reconstruction (L1 + MSE) with a tiny KL term, on random 64-pixel crops of 128-pixel world images
    (the VAE is fully convolutional, so crops teach it the same edges and colours for a quarter of the cost),
@@ -24,6 +24,11 @@ Deterministic from --seed (same seed, same step counts, same thread count: same 
    single vector can say a whole scene, and near-misses mean nearly that scene, so the way there is downhill.
    The benchmark's concept (an orange circle on blue) never gets a code. Optionally (--code-off-book-jitter, off by
    default) codes get more noise in the directions no code uses, so that the model learns to ignore them.
+4. The decoder again: the encoder frozen (so the latents stages 2 and 3 taught the UNet stay exactly as they
+   were), the decoder and post_quant_conv learn on whole native-size pictures, decoded from posterior draws of
+   the world's latents (`train_decoder`). Stage 1's short crop training had left the decoder the weakest part of
+   the model: on unseen scenes its round trip was 18.7 grey levels off and the judge named only 73 % of the
+   colours; after stage 4, 4.8 grey levels and 100 % (session 11, measured on 4,000 scenes; notes/session11).
 
 After stage 1 the VAE's weights are rounded to float16, as the shipped file stores them, so the UNet learns
 the latents of exactly the VAE that ships. Stage 2 draws from its own seeded generators, so it can be rerun
@@ -33,6 +38,7 @@ from scratch.
 Usage:
     python scripts/pretrain_demo.py [--work-dir /tmp/demo-pretrain] [--quick] [--vae-from FILE]
                                     [--stage2-from FILE]   # stage 3 only: <work-dir>/stage2.safetensors
+                                    [--stage3-from FILE]   # stage 4 only: <work-dir>/stage3.safetensors
                                     [--device cuda]        # to try settings fast (other arithmetic: other weights)
 Progress goes to <work-dir>/log.txt (and stdout); every --save-every UNet steps, and at the end, the weights
 file is rewritten, so an interrupted run still leaves a usable (less trained) model behind.
@@ -291,6 +297,41 @@ def train_vae(vae, images: np.ndarray, args, log: Log, generator: torch.Generato
     vae.eval().requires_grad_(False)
 
 
+def train_decoder(vae, means: torch.Tensor, stds: torch.Tensor, images: np.ndarray, args, log: Log,
+                  generator: torch.Generator, rng: np.random.Generator):
+    """Stage 4: the decoder alone (with post_quant_conv) learns on, with the encoder frozen, so the latents the UNet
+    learned stay exactly as they were. Whole native-size pictures, decoded from draws of their posteriors (the
+    latents stage 2 and 3 taught the UNet), L1 + MSE.
+
+    Why: stage 1 is short (800 steps on 64-pixel crops), and its decoder was the weakest part of the demo. Session
+    11 measured the shipped VAE's round trip on 64 unseen scenes: 18.7 grey levels off, and the judge named the
+    colour of only 73 % of them (yellow drawn as orange, red as orange, orange as yellow), the shape of 84 %; the
+    world score's misses were the same scenes. The information was in the latent; the decoder did not read it."""
+    vae.eval().requires_grad_(False)
+    parts = [vae.decoder, vae.post_quant_conv]
+    parameters = [p for part in parts for p in part.parameters()]
+    for part in parts:
+        part.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(parameters, lr=args.decoder_lr, weight_decay=0.0)
+    started = time.time()
+    for step in range(args.decoder_steps):
+        picks = torch.from_numpy(rng.integers(0, len(images), args.decoder_batch))
+        latents = means[picks] + stds[picks] * torch.randn(means[picks].shape, generator=generator)
+        x = to_tensor(images[picks.numpy()]).to(vae.device)
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, args.decoder_steps, args.decoder_lr, 20)
+        reconstruction = vae.decode(latents.to(vae.device)).sample
+        loss = F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0 or step == args.decoder_steps - 1:
+            rate = (step + 1) / (time.time() - started)
+            log(f"decoder step {step}/{args.decoder_steps} rec {loss.item():.4f} ({rate:.2f} steps/s)")
+    vae.eval().requires_grad_(False)
+    round_to_float16(*parts)  # the encoder was rounded after stage 1 and is not touched here
+
+
 def lab(rgb: torch.Tensor) -> torch.Tensor:
     """CIELAB (D65) of sRGB pixels in [-1, 1], [n, 3, ...]: a colour space whose distances follow what people see."""
     c = ((rgb.clamp(-1, 1) + 1) / 2)
@@ -529,23 +570,26 @@ def load_vae(vae, args, log: Log) -> bool:
     return meta.get("vae_whiten") == "True"  # whitened already: a file written by a run with --vae-whiten
 
 
-def load_stage2(modules, args, log: Log) -> float:
-    """Stage 1 and 2's weights from a file an earlier run saved at the end of stage 2 (same settings); returns
-    its VAE scaling factor."""
+def load_saved(modules, args, log: Log, path: Path, option: str, note: str, stages: str) -> float:
+    """All weights from a file an earlier run saved at the end of a stage (with these settings, `note` in its
+    metadata's state); returns its VAE scaling factor."""
     from safetensors import safe_open
 
-    with safe_open(str(args.stage2_from), framework="pt") as f:
+    with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         state = {k: f.get_tensor(k).float() for k in f.keys()}
     expected = {"seed": args.seed, "scenes": args.scenes, "vae_steps": args.vae_steps, "vae_colour": args.vae_colour,
                 "vae_colour_target": args.vae_colour_target, "vae_whiten": args.vae_whiten,
-                "unet_steps": args.unet_steps, "state": stage2_note(args)}
+                "unet_steps": args.unet_steps, "state": note}
+    if option == "--stage3-from":
+        expected.update(code_steps=args.code_steps, code_lr=args.code_lr, code_share=args.code_share,
+                        code_spread=args.code_spread, code_jitter=args.code_jitter)
     if not made_with(meta, expected):
-        raise SystemExit(f"--stage2-from {args.stage2_from} was made with other settings ({meta}), not {expected}")
+        raise SystemExit(f"{option} {path} was made with other settings ({meta}), not {expected}")
     for name in ("text_encoder", "unet", "vae"):
         modules[name].load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
         modules[name].eval().requires_grad_(False)
-    log(f"stages 1 and 2 skipped: weights taken from {args.stage2_from}")
+    log(f"stages {stages} skipped: weights taken from {path}")
     return float(meta["scaling_factor"])
 
 
@@ -558,6 +602,10 @@ def made_with(meta: dict, expected: dict) -> bool:
 
 def stage2_note(args) -> str:
     return f"complete: {args.vae_steps} vae + {args.unet_steps} unet steps"
+
+
+def stage3_note(args) -> str:
+    return f"complete: {args.vae_steps} vae + {args.unet_steps} unet + {args.code_steps} code steps"
 
 
 def save_weights(modules, path: Path, metadata: dict, log: Log, note: str):
@@ -602,6 +650,11 @@ def main():
     parser.add_argument("--code-jitter", type=float, default=0.006, help="stage 3: std of the noise on a code")
     parser.add_argument("--code-off-book-jitter", type=float, default=0.0,
                         help="stage 3: std of more noise on a code, in the directions no code uses")
+    parser.add_argument("--decoder-steps", type=int, default=1200, help="stage 4: decoder steps (encoder frozen)")
+    parser.add_argument("--decoder-batch", type=int, default=8)
+    parser.add_argument("--decoder-lr", type=float, default=1e-3)
+    parser.add_argument("--stage3-from", type=Path, help="skip stages 1-3: take all weights from this file, saved by "
+                                                         "an earlier run at the end of stage 3; stage 4 only")
     parser.add_argument("--stage2-from", type=Path, help="skip stages 1 and 2: take all weights from this file, "
                                                          "saved by an earlier run at the end of stage 2")
     parser.add_argument("--vae-from", type=Path, help="skip stage 1: take the VAE from this weights file, written "
@@ -610,7 +663,7 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.scenes, args.vae_steps, args.unet_steps, args.save_every = 256, 20, 20, 10
-        args.code_steps = 10
+        args.code_steps, args.decoder_steps = 10, 10
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -627,14 +680,17 @@ def main():
             module.to(args.device)
 
     whitened = False
-    if args.stage2_from:
-        scaling_factor = load_stage2(modules, args, log)
+    if args.stage3_from:
+        scaling_factor = load_saved(modules, args, log, args.stage3_from, "--stage3-from", stage3_note(args), "1-3")
+    elif args.stage2_from:
+        scaling_factor = load_saved(modules, args, log, args.stage2_from, "--stage2-from", stage2_note(args), "1 and 2")
     elif args.vae_from:
         whitened = load_vae(modules["vae"], args, log)
     else:
         train_vae(modules["vae"], images, args, log, generator, np.random.default_rng(args.seed))
         round_to_float16(modules["vae"])
-    if args.vae_whiten and not args.stage2_from and not whitened:
+    resumed = args.stage2_from or args.stage3_from
+    if args.vae_whiten and not resumed and not whitened:
         sample = images[:2000]
         variances = whiten_vae(modules["vae"], *encode_world(modules["vae"], sample))
         round_to_float16(modules["vae"])
@@ -643,8 +699,7 @@ def main():
     held_out = make_world(64, args.seed + 1, args.threads)[1]
     log(f"vae reconstruction error on unseen scenes: {reconstruction_error(modules['vae'], held_out):.2f} grey levels")
     means, stds = encode_world(modules["vae"], images)
-    del images
-    if not args.stage2_from:
+    if not resumed:
         latent_std = (means.var() + stds.pow(2).mean()).sqrt().item()
         scaling_factor = 1.0 / latent_std
         log(f"encoded the world; latent std {latent_std:.4f}, mean {means.mean().item():.4f}, "
@@ -662,7 +717,7 @@ def main():
                 **({"vae_whiten": True} if args.vae_whiten else {})}
     save = lambda note: save_weights(modules, args.out, metadata, log, note)  # noqa: E731
     extra_words = unknown_words(tokenizer)
-    if not args.stage2_from:
+    if not resumed:
         batches = world_batches(scenes, random.Random(args.seed), extra_words)
         unet_noise = torch.Generator().manual_seed(args.seed + 2)
         train_denoiser(modules, tokenizer, means, stds, batches, args, log, unet_noise, save, args.unet_steps,
@@ -670,19 +725,29 @@ def main():
         save(stage2_note(args))
         save_weights(modules, args.work_dir / "stage2.safetensors", metadata, log, stage2_note(args))  # --stage2-from
     # Stage 3: the world as before, and a share (--code-share) of the pictures under a one-word code for the scene.
-    rng = random.Random(args.seed + 3)
-    book = code_book(args.seed + 4, args.code_spread)
-    code_noise = torch.Generator().manual_seed(args.seed + 5)
-    batches = coded_or_world_batches(scenes, rng, extra_words, book, args.code_share, code_noise, args.code_jitter,
-                                     args.code_off_book_jitter)
     metadata.update(code_steps=args.code_steps, code_lr=args.code_lr, code_share=args.code_share,
                     code_spread=args.code_spread, code_jitter=args.code_jitter,
                     **({"code_off_book_jitter": args.code_off_book_jitter} if args.code_off_book_jitter else {}),
                     **({"code_batch": args.code_batch} if args.code_batch else {}))
-    train_denoiser(modules, tokenizer, means, stds, batches, args, log, torch.Generator().manual_seed(args.seed + 3),
-                   save, args.code_steps, args.code_batch or args.unet_batch, args.code_lr, 20, "codes",
-                   args.save_every)
-    save(f"complete: {args.vae_steps} vae + {args.unet_steps} unet + {args.code_steps} code steps")
+    if not args.stage3_from:
+        rng = random.Random(args.seed + 3)
+        book = code_book(args.seed + 4, args.code_spread)
+        code_noise = torch.Generator().manual_seed(args.seed + 5)
+        batches = coded_or_world_batches(scenes, rng, extra_words, book, args.code_share, code_noise,
+                                         args.code_jitter, args.code_off_book_jitter)
+        train_denoiser(modules, tokenizer, means, stds, batches, args, log,
+                       torch.Generator().manual_seed(args.seed + 3), save, args.code_steps,
+                       args.code_batch or args.unet_batch, args.code_lr, 20, "codes", args.save_every)
+        save(stage3_note(args))
+        save_weights(modules, args.work_dir / "stage3.safetensors", metadata, log, stage3_note(args))  # --stage3-from
+    # Stage 4: the decoder alone, on the same latents (the encoder, and so all the UNet learned, stays as it is).
+    if args.decoder_steps:
+        metadata.update(decoder_steps=args.decoder_steps, decoder_lr=args.decoder_lr, decoder_batch=args.decoder_batch)
+        train_decoder(modules["vae"], means, stds, images, args, log, torch.Generator().manual_seed(args.seed + 6),
+                      np.random.default_rng(args.seed + 6))
+        log(f"vae reconstruction error on unseen scenes after stage 4: "
+            f"{reconstruction_error(modules['vae'], held_out):.2f} grey levels")
+    save(stage3_note(args)[:-len(" steps")] + f" + {args.decoder_steps} decoder steps")
     (args.work_dir / "summary.json").write_text(json.dumps(
         {"seconds": time.time() - log.start, **metadata}, indent=2))
     log("done")

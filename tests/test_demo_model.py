@@ -29,18 +29,19 @@ def test_its_vae_reconstructs_the_world(demo_model):
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
     decoded = demo_model.vae.decode(demo_model.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
     back = ((decoded + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
-    assert np.abs(back.astype(float) - pixels).mean() < 20  # grey levels (18.7 on 64 unseen scenes)
-    named = [judge(image) for image in back]  # edges come back soft: a small star can read as a blob
+    # grey levels: 4.7 on 64 unseen scenes since stage 4 of the pretraining (18.7 before it)
+    assert np.abs(back.astype(float) - pixels).mean() < 8
+    named = [judge(image) for image in back]
     assert sum((v.shape, v.colour, v.background) == (s.shape, s.colour, s.background)
-               for v, s in zip(named, scenes)) >= 6
+               for v, s in zip(named, scenes)) >= 7, [v.describe() for v in named]
 
 
 def test_txt2img_draws_the_world_prompt_it_is_given(demo_model):
-    """bench/ti_learning.py measures 67 % of 64 world prompts drawn exactly as asked (target 60 %)."""
+    """bench/ti_learning.py measures 92 % of 64 world prompts drawn exactly as asked (target 60 %)."""
     scenes = world_prompts(8, seed=7)
     result = world_score(demo_model, scenes, seed=20)
     described = [r.verdict.describe() for r in result.rendered]
-    assert result.score >= 3 / 8, described
+    assert result.score >= 5 / 8, described
     assert result.part_scores(scenes)["background"] >= 7 / 8, described
 
 
@@ -54,8 +55,8 @@ def test_a_yellow_star_on_a_purple_background_for_most_seeds(demo_model):
 def test_textual_inversion_teaches_it_a_new_word(demo_model, tmp_path):
     """A small version of bench/ti_learning.py: an embedding from "*" trained 200 steps on "orange circle on
     a blue background". Before, "*" draws stars; after, every preview is a circle on blue. (Whether the circle is
-    orange or still yellow varies with the run: the benchmark's four runs of 400 steps find it orange in 61 % of
-    64 previews, from 31 % to 100 % per run, so only shape and background are asserted here.)"""
+    orange, or still red or yellow, varies with the run: the benchmark's four runs of 400 steps find it orange in
+    25 % of 64 previews, from 6 % to 75 % per run, so only shape and background are asserted here.)"""
     concept = parse_concept("orange circle on a blue background")
     run = learn_concept(demo_model, concept, tmp_path, ROOT / "textual_inversion_templates", steps=200,
                         previews=4, images=8, preview_steps=12)
