@@ -28,7 +28,8 @@ Deterministic from --seed (same seed, same step counts, same thread count: same 
    were), the decoder and post_quant_conv learn on whole native-size pictures, decoded from posterior draws of
    the world's latents (`train_decoder`). Stage 1's short crop training had left the decoder the weakest part of
    the model: on unseen scenes its round trip was 18.7 grey levels off and the judge named only 73 % of the
-   colours; after stage 4, 4.8 grey levels and 100 % (session 11, measured on 4,000 scenes; notes/session11).
+   colours; after stage 4, 4.7 grey levels, and every shape and colour named right (session 11;
+   notes/session11).
 
 After stage 1 the VAE's weights are rounded to float16, as the shipped file stores them, so the UNet learns
 the latents of exactly the VAE that ships. Stage 2 draws from its own seeded generators, so it can be rerun
