@@ -1,7 +1,8 @@
 """Does textual inversion teach the demo model a new word? Measured by the toy-world judge (no learned weights).
 
     python bench/ti_learning.py [--concept "orange circle on a blue background"] [--steps 400] [--previews 16]
-                                [--runs 4] [--world 64] [--cfg-scale 7] [--out bench/results]
+                                [--runs 4] [--world 64] [--cfg-scale 7] [--learn-rate 0.005]
+                                [--out bench/results]
 
 1. World score: txt2img of `--world` world prompts ("a yellow star on a purple background", seeded), judged;
    the share that shows exactly what was asked (target >= 60 %).
@@ -42,6 +43,8 @@ def main():
     parser.add_argument("--runs", type=int, default=4, help="training runs, each with its own seed, pooled")
     parser.add_argument("--world", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learn-rate", default="0.005", help="the Embedding Learning rate, or a schedule such as "
+                                                              "\"0.005:200, 0.001\" (the Train tab's default: 0.005)")
     parser.add_argument("--cfg-scale", type=float, default=7.0, help="of the world prompts and the previews "
                                                                      "(7: the reference's default)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -70,7 +73,8 @@ def main():
     for seed in range(args.seed, args.seed + args.runs):
         with tempfile.TemporaryDirectory() as tmp:
             run = learn_concept(model, concept, Path(tmp), ROOT / "textual_inversion_templates", steps=args.steps,
-                                previews=args.previews, seed=seed, cfg_scale=args.cfg_scale)
+                                previews=args.previews, seed=seed, cfg_scale=args.cfg_scale,
+                                learn_rate=args.learn_rate)
             if not dataset_images:
                 files = sorted((Path(tmp) / "dataset").glob("*.png"))
                 dataset_images = [Image.open(p).convert("RGB") for p in files]
