@@ -584,7 +584,8 @@ def load_saved(modules, args, log: Log, path: Path, option: str, note: str, stag
                 "unet_steps": args.unet_steps, "state": note}
     if option == "--stage3-from":
         expected.update(code_steps=args.code_steps, code_lr=args.code_lr, code_share=args.code_share,
-                        code_spread=args.code_spread, code_jitter=args.code_jitter)
+                        code_spread=args.code_spread, code_jitter=args.code_jitter,
+                        code_off_book_jitter=args.code_off_book_jitter, code_batch=args.code_batch)
     if not made_with(meta, expected):
         raise SystemExit(f"{option} {path} was made with other settings ({meta}), not {expected}")
     for name in ("text_encoder", "unet", "vae"):
@@ -596,8 +597,9 @@ def load_saved(modules, args, log: Log, path: Path, option: str, note: str, stag
 
 def made_with(meta: dict, expected: dict) -> bool:
     """Whether a saved file's metadata says it was made with these settings (a file without vae_colour,
-    vae_colour_target or vae_whiten had the default)."""
-    meta = {"vae_colour": "0.0", "vae_colour_target": "linear", "vae_whiten": "False", **meta}
+    vae_colour_target, vae_whiten, code_off_book_jitter or code_batch had the default)."""
+    meta = {"vae_colour": "0.0", "vae_colour_target": "linear", "vae_whiten": "False", "code_off_book_jitter": "0.0",
+            "code_batch": "None", **meta}
     return all(meta.get(k) == str(v) for k, v in expected.items())
 
 
@@ -748,7 +750,8 @@ def main():
                       np.random.default_rng(args.seed + 6))
         log(f"vae reconstruction error on unseen scenes after stage 4: "
             f"{reconstruction_error(modules['vae'], held_out):.2f} grey levels")
-    save(stage3_note(args)[:-len(" steps")] + f" + {args.decoder_steps} decoder steps")
+    save(stage3_note(args)[:-len(" steps")] + f" + {args.decoder_steps} decoder steps" if args.decoder_steps
+         else stage3_note(args))
     (args.work_dir / "summary.json").write_text(json.dumps(
         {"seconds": time.time() - log.start, **metadata}, indent=2))
     log("done")
