@@ -269,6 +269,11 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """What stages 1 and 4 ask of the decoder: L1 + MSE against the picture."""
+    return F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x)
+
+
 def train_vae(vae, images: np.ndarray, args, log: Log, generator: torch.Generator, rng: np.random.Generator):
     vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
@@ -283,7 +288,7 @@ def train_vae(vae, images: np.ndarray, args, log: Log, generator: torch.Generato
             group["lr"] = cosine_lr(step, args.vae_steps, args.vae_lr, 50)
         posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(posterior.sample(generator=generator)).sample
-        rec_loss = F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x)
+        rec_loss = reconstruction_loss(reconstruction, x)
         kl = posterior.kl().mean() / posterior.mean[0].numel()
         loss = rec_loss + args.kl_weight * kl
         if args.vae_colour:  # off by default (the shipped weights were made without it): see colour_distance_loss
@@ -322,7 +327,7 @@ def train_decoder(vae, means: torch.Tensor, stds: torch.Tensor, images: np.ndarr
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, args.decoder_steps, args.decoder_lr, 20)
         reconstruction = vae.decode(latents.to(vae.device)).sample
-        loss = F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x)
+        loss = reconstruction_loss(reconstruction, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -571,18 +576,19 @@ def load_vae(vae, args, log: Log) -> bool:
     return meta.get("vae_whiten") == "True"  # whitened already: a file written by a run with --vae-whiten
 
 
-def load_saved(modules, args, log: Log, path: Path, option: str, note: str, stages: str) -> float:
-    """All weights from a file an earlier run saved at the end of a stage (with these settings, `note` in its
-    metadata's state); returns its VAE scaling factor."""
+def load_saved(modules, args, log: Log, stage: int) -> float:
+    """All weights from the file an earlier run saved at the end of `stage` (2 or 3: --stage2-from, --stage3-from),
+    made with these settings; returns its VAE scaling factor."""
     from safetensors import safe_open
 
+    option, path = f"--stage{stage}-from", getattr(args, f"stage{stage}_from")
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         state = {k: f.get_tensor(k).float() for k in f.keys()}
     expected = {"seed": args.seed, "scenes": args.scenes, "vae_steps": args.vae_steps, "vae_colour": args.vae_colour,
                 "vae_colour_target": args.vae_colour_target, "vae_whiten": args.vae_whiten,
-                "unet_steps": args.unet_steps, "state": note}
-    if option == "--stage3-from":
+                "unet_steps": args.unet_steps, "state": complete_note(args, stage)}
+    if stage == 3:
         expected.update(code_steps=args.code_steps, code_lr=args.code_lr, code_share=args.code_share,
                         code_spread=args.code_spread, code_jitter=args.code_jitter,
                         code_off_book_jitter=args.code_off_book_jitter, code_batch=args.code_batch)
@@ -591,7 +597,7 @@ def load_saved(modules, args, log: Log, path: Path, option: str, note: str, stag
     for name in ("text_encoder", "unet", "vae"):
         modules[name].load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
         modules[name].eval().requires_grad_(False)
-    log(f"stages {stages} skipped: weights taken from {path}")
+    log(f"stages 1-{stage} skipped: weights taken from {path}")
     return float(meta["scaling_factor"])
 
 
@@ -603,12 +609,12 @@ def made_with(meta: dict, expected: dict) -> bool:
     return all(meta.get(k) == str(v) for k, v in expected.items())
 
 
-def stage2_note(args) -> str:
-    return f"complete: {args.vae_steps} vae + {args.unet_steps} unet steps"
-
-
-def stage3_note(args) -> str:
-    return f"complete: {args.vae_steps} vae + {args.unet_steps} unet + {args.code_steps} code steps"
+def complete_note(args, stage: int) -> str:
+    """The state a file saved at the end of `stage` notes: "complete: 800 vae + 4000 unet steps" after stage 2."""
+    parts = [f"{args.vae_steps} vae", f"{args.unet_steps} unet", f"{args.code_steps} code",
+             f"{args.decoder_steps} decoder"]
+    count = 3 if stage == 4 and not args.decoder_steps else stage  # no stage 4: the file is stage 3's
+    return "complete: " + " + ".join(parts[:count]) + " steps"
 
 
 def save_weights(modules, path: Path, metadata: dict, log: Log, note: str):
@@ -684,9 +690,9 @@ def main():
 
     whitened = False
     if args.stage3_from:
-        scaling_factor = load_saved(modules, args, log, args.stage3_from, "--stage3-from", stage3_note(args), "1-3")
+        scaling_factor = load_saved(modules, args, log, 3)
     elif args.stage2_from:
-        scaling_factor = load_saved(modules, args, log, args.stage2_from, "--stage2-from", stage2_note(args), "1 and 2")
+        scaling_factor = load_saved(modules, args, log, 2)
     elif args.vae_from:
         whitened = load_vae(modules["vae"], args, log)
     else:
@@ -725,8 +731,9 @@ def main():
         unet_noise = torch.Generator().manual_seed(args.seed + 2)
         train_denoiser(modules, tokenizer, means, stds, batches, args, log, unet_noise, save, args.unet_steps,
                        args.unet_batch, args.unet_lr, 100, "unet", args.save_every)
-        save(stage2_note(args))
-        save_weights(modules, args.work_dir / "stage2.safetensors", metadata, log, stage2_note(args))  # --stage2-from
+        save(complete_note(args, 2))
+        # the file --stage2-from takes
+        save_weights(modules, args.work_dir / "stage2.safetensors", metadata, log, complete_note(args, 2))
     # Stage 3: the world as before, and a share (--code-share) of the pictures under a one-word code for the scene.
     metadata.update(code_steps=args.code_steps, code_lr=args.code_lr, code_share=args.code_share,
                     code_spread=args.code_spread, code_jitter=args.code_jitter,
@@ -741,8 +748,9 @@ def main():
         train_denoiser(modules, tokenizer, means, stds, batches, args, log,
                        torch.Generator().manual_seed(args.seed + 3), save, args.code_steps,
                        args.code_batch or args.unet_batch, args.code_lr, 20, "codes", args.save_every)
-        save(stage3_note(args))
-        save_weights(modules, args.work_dir / "stage3.safetensors", metadata, log, stage3_note(args))  # --stage3-from
+        save(complete_note(args, 3))
+        # the file --stage3-from takes
+        save_weights(modules, args.work_dir / "stage3.safetensors", metadata, log, complete_note(args, 3))
     # Stage 4: the decoder alone, on the same latents (the encoder, and so all the UNet learned, stays as it is).
     if args.decoder_steps:
         metadata.update(decoder_steps=args.decoder_steps, decoder_lr=args.decoder_lr, decoder_batch=args.decoder_batch)
@@ -750,8 +758,7 @@ def main():
                       np.random.default_rng(args.seed + 6))
         log(f"vae reconstruction error on unseen scenes after stage 4: "
             f"{reconstruction_error(modules['vae'], held_out):.2f} grey levels")
-    save(stage3_note(args)[:-len(" steps")] + f" + {args.decoder_steps} decoder steps" if args.decoder_steps
-         else stage3_note(args))
+    save(complete_note(args, 4))
     (args.work_dir / "summary.json").write_text(json.dumps(
         {"seconds": time.time() - log.start, **metadata}, indent=2))
     log("done")
