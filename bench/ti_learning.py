@@ -30,7 +30,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from common.errors import UserError  # noqa: E402
 from trainer.models.loading import load_model  # noqa: E402
+from trainer.training.schedule import parse_schedule  # noqa: E402
 from trainer.toy.eval import grid, learn_concept, world_prompts, world_score  # noqa: E402
 from trainer.toy.world import parse_concept  # noqa: E402
 
@@ -52,6 +54,10 @@ def main():
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    try:
+        parse_schedule(args.learn_rate, args.steps)
+    except UserError as error:
+        parser.error(str(error))
     started = time.perf_counter()
     concept = parse_concept(args.concept)
     model = load_model("demo", demo_weights=args.demo_weights)
