@@ -2,7 +2,7 @@
 
     python bench/ti_learning.py [--concept "orange circle on a blue background"] [--steps 400] [--previews 16]
                                 [--runs 4] [--world 64] [--cfg-scale 7] [--learn-rate 0.005]
-                                [--out bench/results]
+                                [--out bench/results] [--demo-weights FILE] [--device cuda]
 
 1. World score: txt2img of `--world` world prompts ("a yellow star on a purple background", seeded), judged;
    the share that shows exactly what was asked (target >= 60 %).
@@ -51,6 +51,7 @@ def main():
                                                                      "(7: the reference's default)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--demo-weights", default=None, help="another demo weights file (default: the shipped one)")
+    parser.add_argument("--device", default="cpu", help="where to run (cuda: fp16 training, the app's GPU default)")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -60,7 +61,7 @@ def main():
         parser.error(str(error))
     started = time.perf_counter()
     concept = parse_concept(args.concept)
-    model = load_model("demo", demo_weights=args.demo_weights)
+    model = load_model("demo", demo_weights=args.demo_weights, device=args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; demo [{model.checkpoint_hash}] "
           f"native size {model.native_size}px")
     args.out.mkdir(parents=True, exist_ok=True)
