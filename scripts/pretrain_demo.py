@@ -621,11 +621,11 @@ def made_with(meta: dict, expected: dict) -> bool:
 
 def complete_note(args, stage: int) -> str:
     """The state a file saved at the end of `stage` notes: "complete: 800 vae + 4000 unet steps" after stage 2."""
-    parts = [f"{args.vae_steps} vae", f"{args.unet_steps} unet", f"{args.code_steps} code",
-             f"{args.decoder_steps} decoder", f"{args.polish_steps} polish"]
-    kept = [part for number, part in enumerate(parts, 1) if number <= stage
-            and not (number == 4 and not args.decoder_steps) and not (number == 5 and not args.polish_steps)]
-    return "complete: " + " + ".join(kept) + " steps"
+    stages = [(args.vae_steps, "vae"), (args.unet_steps, "unet"), (args.code_steps, "code"),
+              (args.decoder_steps, "decoder"), (args.polish_steps, "polish")][:stage]
+    optional = ("decoder", "polish")  # stages 4 and 5 can be left out (0 steps); then they are not named
+    return "complete: " + " + ".join(f"{steps} {name}" for steps, name in stages
+                                     if steps or name not in optional) + " steps"
 
 
 def save_weights(modules, path: Path, metadata: dict, log: Log, note: str):
@@ -759,14 +759,17 @@ def main():
                     **({"code_off_book_jitter": args.code_off_book_jitter} if args.code_off_book_jitter else {}),
                     **({"code_batch": args.code_batch} if args.code_batch else {}))
     book = code_book(args.seed + 4, args.code_spread)
+
+    def train_codes(caption_seed: int, code_seed: int, noise_seed: int, steps: int, lr: float, label: str):
+        """Stage 3's training (and stage 5's): codes and words, each draw from its own seeded generator."""
+        batches = coded_or_world_batches(scenes, random.Random(caption_seed), extra_words, book, args.code_share,
+                                         torch.Generator().manual_seed(code_seed), args.code_jitter,
+                                         args.code_off_book_jitter)
+        train_denoiser(modules, tokenizer, means, stds, batches, args, log, torch.Generator().manual_seed(noise_seed),
+                       save, steps, args.code_batch or args.unet_batch, lr, 20, label, args.save_every)
+
     if not (args.stage3_from or args.stage4_from):
-        rng = random.Random(args.seed + 3)
-        code_noise = torch.Generator().manual_seed(args.seed + 5)
-        batches = coded_or_world_batches(scenes, rng, extra_words, book, args.code_share, code_noise,
-                                         args.code_jitter, args.code_off_book_jitter)
-        train_denoiser(modules, tokenizer, means, stds, batches, args, log,
-                       torch.Generator().manual_seed(args.seed + 3), save, args.code_steps,
-                       args.code_batch or args.unet_batch, args.code_lr, 20, "codes", args.save_every)
+        train_codes(args.seed + 3, args.seed + 5, args.seed + 3, args.code_steps, args.code_lr, "codes")
         save(complete_note(args, 3))
         # the file --stage3-from takes
         save_weights(modules, args.work_dir / "stage3.safetensors", metadata, log, complete_note(args, 3))
@@ -785,12 +788,7 @@ def main():
     # Stage 5: stage 3's training again, on the finished model, at a lower rate (the decoder stays as it is).
     if args.polish_steps:
         metadata.update(polish_steps=args.polish_steps, polish_lr=args.polish_lr)
-        batches = coded_or_world_batches(scenes, random.Random(args.seed + 7), extra_words, book, args.code_share,
-                                         torch.Generator().manual_seed(args.seed + 8), args.code_jitter,
-                                         args.code_off_book_jitter)
-        train_denoiser(modules, tokenizer, means, stds, batches, args, log,
-                       torch.Generator().manual_seed(args.seed + 9), save, args.polish_steps,
-                       args.code_batch or args.unet_batch, args.polish_lr, 20, "polish", args.save_every)
+        train_codes(args.seed + 7, args.seed + 8, args.seed + 9, args.polish_steps, args.polish_lr, "polish")
         save(complete_note(args, 5))
     (args.work_dir / "summary.json").write_text(json.dumps(
         {"seconds": time.time() - log.start, **metadata}, indent=2))
