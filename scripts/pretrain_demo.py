@@ -686,6 +686,10 @@ def main():
                                                       "by an earlier run with the same seed and stage-1 settings")
     parser.add_argument("--quick", action="store_true", help="a tiny run that checks the script end to end")
     args = parser.parse_args()
+    for option in ("vae_from", "stage2_from", "stage3_from", "stage4_from"):  # before an hour of work, not after
+        path = getattr(args, option)
+        if path is not None and not path.is_file():
+            parser.error(f"--{option.replace('_', '-')} {path}: no such file")
     if args.quick:
         args.scenes, args.vae_steps, args.unet_steps, args.save_every = 256, 20, 20, 10
         args.code_steps, args.decoder_steps = 10, 10

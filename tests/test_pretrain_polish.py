@@ -1,11 +1,13 @@
 """Stage 5 of the demo's pretraining (polish) starts from a finished stage-4 file: the file is taken only when it was
 made with the same settings, and the saved state says how many polish steps went in."""
 import argparse
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from test_pretrain_whitening import load_script
+from test_pretrain_whitening import SCRIPT, load_script
 from trainer.models.demo import build_demo_modules
 
 DEFAULTS = dict(seed=0, scenes=12000, vae_steps=800, vae_colour=0.0, vae_colour_target="linear", vae_whiten=False,
@@ -46,3 +48,13 @@ def test_stage_five_takes_a_stage_four_file_made_with_the_same_settings(tmp_path
 
     with pytest.raises(SystemExit, match="--stage4-from .* was made with other settings"):
         script.load_saved(build_demo_modules(1), settings(stage4_from=path, decoder_steps=600), log, 4)
+
+
+@pytest.mark.parametrize("option", ["--vae-from", "--stage2-from", "--stage3-from", "--stage4-from"])
+def test_a_missing_file_to_start_from_is_one_sentence_before_any_work(tmp_path, option):
+    missing = tmp_path / "nope.safetensors"
+    result = subprocess.run([sys.executable, str(SCRIPT), option, str(missing), "--work-dir", str(tmp_path / "work"),
+                             "--out", str(tmp_path / "demo.safetensors")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"{option} {missing}: no such file" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "work").exists() and not (tmp_path / "demo.safetensors").exists()
