@@ -6,7 +6,7 @@
     python -m trainer create-hypernetwork --name N [--sizes 768,320,640,1280] [--layer-structure "1, 2, 1"] [...]
     python -m trainer train-hypernetwork --name N --dataset DIR [... as train-embedding] [--hypernetwork-dir D]
     python -m trainer txt2img --prompt P [...]
-    python -m trainer make-demo-dataset DIR [--concept "orange circle on a blue background"] [--count 20]
+    python -m trainer make-demo-dataset DIR [--concept "green square on a purple background"] [--count 20]
 
 Errors are one line on stderr and exit code 2; Ctrl-C or SIGTERM during training interrupts and saves (exit code
 130).
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("make-demo-dataset", help="write pictures of one concept of the demo model's toy "
                                                       "world, with captions, to train an embedding on")
     p.add_argument("dir", help="folder to write the images and .txt captions into")
-    p.add_argument("--concept", default="orange circle on a blue background",
+    p.add_argument("--concept", default="green square on a purple background",
                    help='e.g. "orange circle on a blue background"; parts may be left out ("a star")')
     p.add_argument("--count", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)

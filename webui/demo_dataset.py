@@ -20,11 +20,11 @@ def build() -> SimpleNamespace:
                     "(red, green, blue, yellow, purple, orange, white, black). Write pictures of one such "
                     "concept, with captions, then train an embedding on them.")
         with gr.Row():
-            c.concept = gr.Textbox(label="Concept", value="orange circle on a blue background", scale=3,
+            c.concept = gr.Textbox(label="Concept", value="green square on a purple background", scale=3,
                                    elem_id="demo_dataset_concept")
             c.count = gr.Number(label="Pictures", value=20, precision=0, minimum=1, elem_id="demo_dataset_count")
         with gr.Row():
-            c.folder = gr.Textbox(label="Destination directory", value="datasets/orange-circle", scale=3,
+            c.folder = gr.Textbox(label="Destination directory", value="datasets/green-square", scale=3,
                                   elem_id="demo_dataset_dir")
             c.overwrite = gr.Checkbox(label="Overwrite", value=False, elem_id="demo_dataset_overwrite")
         c.button = gr.Button("Make demo dataset", elem_id="demo_dataset_make")
