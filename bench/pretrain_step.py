@@ -2,9 +2,11 @@
 
     python bench/pretrain_step.py [--batch 64] [--steps 15] [--compile]
 
-One step of scripts/pretrain_demo.py's stage 2 on the demo's own modules (trainer/models/demo.py): text encoder and
-UNet forward on a batch of 16 x 16 latents (the 128-pixel native size) with 77-token captions, epsilon loss,
-backward, AdamW. Measured side by side in one run, each after 3 warm-up steps: plain float32; the UNet in
+The core of one step of scripts/pretrain_demo.py's stage 2 (`train_denoiser`) on the demo's own modules
+(trainer/models/demo.py): text encoder and UNet forward on a batch of 16 x 16 latents (the 128-pixel native size)
+with 77-token captions, epsilon loss, backward, AdamW. It leaves out what the script's step adds around that core
+(tokenizing the captions, the per-timestep loss weights, gradient clipping), so its rate is a little above the
+script's; the ratios between modes are what it is for. Measured side by side in one run, each after 3 warm-up steps: plain float32; the UNet in
 channels_last; bfloat16 autocast (AMX on CPUs that have it); and with --compile, torch.compile of the forward
 pass (minutes of compiling first). Prints steps/s and each one's ratio to plain float32: the pretraining's
 length is about (4,000 + 1,500) steps divided by the plain rate, plus 15-20 minutes of rendering, encoding and

@@ -52,14 +52,19 @@ def test_a_yellow_star_on_a_purple_background_for_most_seeds(demo_model):
     assert sum(r.hit for r in rendered) >= 3, [r.verdict.describe() for r in rendered]
 
 
+def small_concept_run(demo_model, concept, tmp_path):
+    """bench/ti_learning.py's learning run, made small: 200 steps on 8 pictures, 4 previews of 12 sampler steps."""
+    return learn_concept(demo_model, concept, tmp_path, ROOT / "textual_inversion_templates", steps=200,
+                         previews=4, images=8, preview_steps=12)
+
+
 def test_textual_inversion_teaches_it_a_new_word(demo_model, tmp_path):
     """A small version of bench/ti_learning.py: an embedding from "*" trained 200 steps on "orange circle on
     a blue background". Before, "*" draws stars; after, every preview is a circle on blue. (Whether the circle is
     orange, or still red or yellow, varies with the run: the benchmark's four runs of 400 steps find it orange in
     25 % of 64 previews, from 6 % to 75 % per run, so only shape and background are asserted here.)"""
     concept = parse_concept("orange circle on a blue background")
-    run = learn_concept(demo_model, concept, tmp_path, ROOT / "textual_inversion_templates", steps=200,
-                        previews=4, images=8, preview_steps=12)
+    run = small_concept_run(demo_model, concept, tmp_path)
     before, after = run.part_rates(concept, "before"), run.part_rates(concept, "after")
     assert before["shape"] <= 0.25, [r.verdict.describe() for r in run.before]
     assert after["shape"] >= 0.75 and after["background"] >= 0.75, [r.verdict.describe() for r in run.after]
@@ -70,8 +75,7 @@ def test_textual_inversion_learns_the_colour_of_a_concept_the_demo_tells_apart(d
     after 200 steps the word draws green (seeds 0-2 here: green in 100 %, 100 % and 75 % of the previews;
     bench/ti_learning.py --concept "green square on a purple background": 98 % of 64 previews whole)."""
     concept = parse_concept("green square on a purple background")
-    run = learn_concept(demo_model, concept, tmp_path, ROOT / "textual_inversion_templates", steps=200,
-                        previews=4, images=8, preview_steps=12)
+    run = small_concept_run(demo_model, concept, tmp_path)
     before, after = run.part_rates(concept, "before"), run.part_rates(concept, "after")
     assert before["colour"] == 0 and run.before_rate == 0, [r.verdict.describe() for r in run.before]
     assert after["colour"] >= 0.75 and after["shape"] >= 0.5, [r.verdict.describe() for r in run.after]
